@@ -1,0 +1,3 @@
+from adapmtl_cli.cli import main
+
+main()

@@ -1,0 +1,100 @@
+"""Factories that build every part of a run from its Config (timm-style): tasks, data, model,
+optimizer, scheduler, weighting and the sparsity controller. The training loop only wires them."""
+
+from __future__ import annotations
+
+import torch
+
+from adapmtl_cli.config import Config
+
+# Classes and metric style of each data source. Synthetic takes its class count from the config.
+SOURCE_CLASSES = {"nyuv2": 40, "nyuv2-mtan": 13, "taskonomy": 17}
+SOURCE_STYLE = {"taskonomy": "taskonomy"}
+
+
+def num_classes(config: Config) -> int:
+    return SOURCE_CLASSES.get(config.data.source, config.data.num_classes)
+
+
+def build_tasks(config: Config, class_weights: torch.Tensor | None = None) -> dict:
+    from adapmtl_cli.tasks import MetricQuirks, build_task
+
+    quirks = MetricQuirks(
+        miou_tp_only=config.eval.miou_tp_only,
+        batch_weighted_means=config.eval.batch_weighted_means,
+        depth_unclamped=config.eval.depth_unclamped,
+    )
+    style = SOURCE_STYLE.get(config.data.source, "nyuv2")
+    tasks = {}
+    for name in config.tasks:
+        options: dict = {"quirks": quirks}
+        if name == "segment_semantic":
+            options.update(num_classes=num_classes(config), class_weights=class_weights)
+        if name in ("segment_semantic", "normal", "depth_zbuffer"):
+            options["style"] = style
+        tasks[name] = build_task(name, **options)
+    return tasks
+
+
+def build_model_and_tasks(config: Config, class_weights: torch.Tensor | None = None):
+    from adapmtl_cli.models.factory import build_model
+
+    tasks = build_tasks(config, class_weights)
+    model = build_model(config, {name: task.out_channels for name, task in tasks.items()})
+    return model, tasks
+
+
+def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """One parameter group over every parameter, thresholds, BN and biases included (the paper):
+    coupled L2 on a negative s pushes it up, which is what makes the threshold grow."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optim = config.optim
+    if optim.name == "adam":
+        return torch.optim.Adam(params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
+    if optim.name == "adamw":
+        return torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
+    return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+
+
+def build_scheduler(config: Config, optimizer: torch.optim.Optimizer):
+    return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.optim.lr_step, gamma=config.optim.lr_gamma)
+
+
+def build_weighting(config: Config):
+    from adapmtl_cli.engine.weighting import build_weighting as build
+
+    num_tasks = len(config.tasks)
+    if config.weighting.method == "equal":
+        return build("equal", num_tasks)
+    normalise_to = 3.0 if config.weighting.quirk_normalise_to_three else None
+    return build("adaptive", num_tasks, begin=config.weighting.begin, window=config.weighting.window, normalise_to=normalise_to)
+
+
+def task_priorities(config: Config) -> torch.Tensor:
+    return torch.tensor([config.weighting.priorities.get(t, 1.0) for t in config.tasks], dtype=torch.float64)
+
+
+def build_controller(config: Config, sparsifier):
+    from adapmtl_cli.engine.sparsity import FreezeController
+
+    names = config.sparsity.freeze_only
+    unknown = [n for n in names if n not in sparsifier.threshold_names]
+    if unknown and sparsifier.enabled:
+        from adapmtl_cli.errors import ConfigError
+
+        raise ConfigError(
+            f"sparsity.freeze_only names {unknown[0]!r}, which is no threshold of this model; "
+            f"valid: {', '.join(sparsifier.threshold_names)}"
+        )
+    return FreezeController(sparsifier, config.sparsity.target, config.sparsity.check_every, names)
+
+
+def resolve_device(config: Config) -> torch.device:
+    wanted = config.train.device
+    if wanted == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if wanted == "cuda" and not torch.cuda.is_available():
+        from adapmtl_cli.errors import ConfigError
+
+        raise ConfigError("train.device = 'cuda' but no CUDA device is available; use train.device=cpu or auto")
+    return torch.device(wanted)

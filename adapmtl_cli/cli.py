@@ -1,0 +1,195 @@
+"""The ``adapmtl`` command line: parse, call a workflow, render, choose the exit code.
+
+Heavy modules (torch, the engine) are imported inside the commands so ``adapmtl --help`` stays fast.
+Human output goes to stderr; ``--json`` prints exactly one JSON document on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from adapmtl_cli import __version__
+
+app = typer.Typer(
+    name="adapmtl",
+    help="Compress multitask dense-prediction networks with AdapMTL (learnable per-component soft thresholds, adaptive task weighting).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+presets_app = typer.Typer(help="List, show, copy and validate presets.", no_args_is_help=True)
+app.add_typer(presets_app, name="presets")
+
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"adapmtl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks of errors."),
+) -> None:
+    _state["debug"] = debug
+
+
+def _console():
+    from adapmtl_cli.report.console import stderr_console
+
+    return stderr_console
+
+
+def _print_json(document) -> None:
+    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+
+
+# -- train ----------------------------------------------------------------------------------
+
+
+@app.command(context_settings={"allow_extra_args": False})
+def train(
+    overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides as dotted key=value, e.g. train.steps=500 optim.lr=3e-4."),
+    preset: str = typer.Option("demo", "--preset", "-p", help="A preset name (`adapmtl presets list`) or a TOML file."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset folder (sets data.root)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: runs/<preset>/<timestamp>]."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this directory exactly where it stopped."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing run directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print summary.json on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
+) -> None:
+    """Train a sparse multitask model (AdapMTL) and write a run directory."""
+    from adapmtl_cli import workflows
+
+    console = _console()
+    if resume is not None:
+        if overrides:
+            raise _usage("--resume continues a run with its saved config.toml; overrides are not allowed")
+        summary = workflows.resume(resume, console=console, quiet=quiet)
+        run_dir = resume
+    else:
+        config = workflows.prepare_config(preset, overrides or [], data_root)
+        run_dir = out or workflows.default_run_dir(config)
+        summary = workflows.train(config, run_dir, console=console, force=force, quiet=quiet)
+    if not quiet:
+        _render_summary(summary, run_dir)
+    if as_json:
+        _print_json(summary)
+
+
+def _render_summary(summary: dict, run_dir: Path) -> None:
+    from adapmtl_cli.report.console import metrics_table, sparsity_table
+
+    console = _console()
+    console.print(sparsity_table(summary, title=f"Sparsity at step {summary['step']}"))
+    console.print(metrics_table(summary["metrics"], title="Test metrics (final model)"))
+    console.print(f"run directory: [bold]{run_dir}[/]")
+
+
+# -- presets --------------------------------------------------------------------------------
+
+
+@presets_app.command("list")
+def presets_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON object name -> description.")) -> None:
+    """List the shipped presets."""
+    from adapmtl_cli import workflows
+
+    descriptions = workflows.preset_descriptions()
+    if as_json:
+        _print_json(descriptions)
+        return
+    from rich.table import Table
+
+    table = Table(title="Presets", title_justify="left")
+    table.add_column("name")
+    table.add_column("description")
+    for name, description in descriptions.items():
+        table.add_row(name, description)
+    _console().print(table)
+
+
+@presets_app.command("show")
+def presets_show(name: str = typer.Argument(..., help="Preset name or TOML file.")) -> None:
+    """Print a preset's TOML on stdout."""
+    from adapmtl_cli import workflows
+
+    sys.stdout.write(workflows.preset_text(name))
+
+
+@presets_app.command("copy")
+def presets_copy(
+    name: str = typer.Argument(..., help="Preset to copy."),
+    destination: Path = typer.Argument(..., help="Where to write the TOML file."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+) -> None:
+    """Copy a preset to a file you can edit and pass back with --preset FILE."""
+    from adapmtl_cli import workflows
+
+    path = workflows.copy_preset(name, destination, force)
+    _console().print(f"wrote {path}")
+
+
+@presets_app.command("validate")
+def presets_validate(
+    name: str = typer.Argument(..., help="Preset name or TOML file."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides to validate with it."),
+) -> None:
+    """Check a preset (and overrides) against the schema; exit 2 with the first error."""
+    from adapmtl_cli import workflows
+
+    workflows.validate_preset(name, overrides or [])
+    _console().print(f"{name}: valid")
+
+
+# -- entry point ----------------------------------------------------------------------------
+
+
+def _usage(message: str):
+    from adapmtl_cli.errors import ConfigError
+
+    return ConfigError(message)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; every expected failure becomes one line on stderr and its exit code."""
+    import click
+
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        result = app(args=args, prog_name="adapmtl", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = 2
+    except click.exceptions.Abort:
+        sys.stderr.write("adapmtl: interrupted\n")
+        code = 130
+    except KeyboardInterrupt:
+        sys.stderr.write("adapmtl: interrupted\n")
+        code = 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes
+        from adapmtl_cli.errors import AdapmtlError
+
+        if debug:
+            raise
+        if isinstance(exc, AdapmtlError):
+            sys.stderr.write(f"adapmtl: error: {exc.message}\n")
+            code = exc.exit_code
+        else:
+            sys.stderr.write(f"adapmtl: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)\n")
+            code = 70
+    if argv is None:
+        sys.exit(code)
+    return code

@@ -1,0 +1,351 @@
+"""Presets: pydantic models of a run's configuration, preset discovery and ``key=value`` overrides.
+
+A preset is a TOML file whose tables mirror the models below. Unknown keys are errors, values keep
+their types, and every number is range-checked, so a typo never silently changes a run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from adapmtl_cli.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+PRESET_DIR = Path(__file__).parent / "presets"
+TASK_NAMES = ("segment_semantic", "normal", "depth_zbuffer", "keypoints2d", "edge_texture")
+
+
+class Section(BaseModel):
+    """Base of every config table: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    backbone: Literal["demo", "resnet34", "mobilenetv2"] = "demo"
+    head: Literal["demo", "aspp"] = "demo"
+    # Width of the demo backbone's first stage; ignored by the paper backbones.
+    width: int = Field(32, ge=4, le=1024)
+    # Hidden channels of the ASPP branches (the paper: 1024). Smaller values make smoke tests cheap.
+    head_hidden: int = Field(1024, ge=4, le=4096)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+
+
+class DataConfig(Section):
+    source: Literal["synthetic", "nyuv2", "nyuv2-mtan", "taskonomy"] = "synthetic"
+    root: str = ""
+    # Synthetic data only: items per split, square resolution and number of classes.
+    train_size: int = Field(2048, ge=1)
+    val_size: int = Field(256, ge=1)
+    test_size: int = Field(256, ge=1)
+    resolution: int = Field(64, ge=16, le=1024)
+    num_classes: int = Field(6, ge=2, le=255)
+    # Training crop for the real datasets (NYUv2 321, Taskonomy 224).
+    crop: int = Field(321, ge=16, le=2048)
+    # Standard mode selects the best model on this fraction of train, carved with the seed.
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    workers: int = Field(0, ge=0, le=64)
+
+
+class TrainConfig(Section):
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(16, ge=1)
+    val_every: int = Field(250, ge=1)
+    val_batches: int = Field(0, ge=0, description="0 = the whole validation split")
+    log_every: int = Field(10, ge=1)
+    # Per-layer TensorBoard tags are many (about 150 on the paper models): log them less often.
+    layer_log_every: int = Field(100, ge=1)
+    checkpoint_every: int = Field(0, ge=0, description="0 = only at validation and at the end")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    channels_last: bool = False
+    # Where "best" is chosen: "val" (standard) or "test" (QUIRK: the reference selects on test).
+    select_on: Literal["val", "test"] = "val"
+    # Do not select a best model before this step (the reference: 16000).
+    select_after: int = Field(0, ge=0)
+    save_init: bool = Field(False, description="save the initial weights for lottery-ticket rewinding")
+
+
+class OptimConfig(Section):
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    # Coupled L2 for adam (the paper), decoupled for adamw. Applied to every parameter, the
+    # thresholds included: for s < 0 it is what raises the threshold.
+    weight_decay: float = Field(1e-4, ge=0.0, le=1.0)
+    betas: tuple[float, float] = (0.5, 0.999)
+    eps: float = Field(1e-8, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    lr_step: int = Field(4000, ge=1, description="StepLR step size, in training steps")
+    lr_gamma: float = Field(0.5, gt=0.0, le=1.0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in value):
+            raise ValueError("each beta must be in [0, 1)")
+        return value
+
+
+class SparsityConfig(Section):
+    enabled: bool = True
+    target: float = Field(0.9, gt=0.0, lt=1.0, description="overall fraction of zero conv weights")
+    init: float = Field(-15.0, ge=-1e4, le=1e4, description="sInit: initial s, threshold sigmoid(s)")
+    granularity: Literal["component", "layer", "global"] = "component"
+    control: Literal["freeze"] = "freeze"
+    # How often (in steps) the stop rule re-counts sparsity. 1 = every step, as the reference.
+    check_every: int = Field(1, ge=1)
+    # Thresholds the stop rule freezes; empty = all (standard). QUIRK: the reference freezes only
+    # ["head.segment_semantic", "head.normal", "head.depth_zbuffer"], by name, even on Taskonomy.
+    freeze_only: list[str] = Field(default_factory=list)
+
+
+class WeightingConfig(Section):
+    method: Literal["adaptive", "equal"] = "adaptive"
+    begin: int = Field(5000, ge=0)
+    window: int = Field(500, ge=1)
+    # QUIRK: the reference renormalises the weights to sum to 3 whatever the task count.
+    quirk_normalise_to_three: bool = False
+    priorities: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("priorities")
+    @classmethod
+    def _priorities_positive(cls, value: dict[str, float]) -> dict[str, float]:
+        for task, priority in value.items():
+            if priority < 0:
+                raise ValueError(f"priority of {task!r} must be >= 0")
+        return value
+
+
+class EvalConfig(Section):
+    # QUIRK switches of REFERENCE.md 7; paper mode sets them all.
+    miou_tp_only: bool = False
+    batch_weighted_means: bool = False
+    depth_unclamped: bool = False
+
+
+class Config(Section):
+    name: str = "custom"
+    description: str = ""
+    seed: int = Field(0, ge=0, lt=2**63)
+    mode: Literal["standard", "paper"] = "standard"
+    tasks: list[str] = Field(default_factory=lambda: ["segment_semantic", "normal", "depth_zbuffer"])
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
+    weighting: WeightingConfig = Field(default_factory=WeightingConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_known_and_unique(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("the task list is empty: name at least one task")
+        for task in value:
+            if task not in TASK_NAMES:
+                raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASK_NAMES)}")
+        if len(set(value)) != len(value):
+            raise ValueError("a task is listed twice")
+        return value
+
+    @model_validator(mode="after")
+    def _priorities_name_tasks(self) -> Config:
+        unknown = set(self.weighting.priorities) - set(self.tasks)
+        if unknown:
+            raise ValueError(f"weighting.priorities names tasks not in `tasks`: {sorted(unknown)}")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Presets on disk
+
+
+def list_presets() -> dict[str, Path]:
+    """Shipped presets by name (file stem), sorted."""
+    return {path.stem: path for path in sorted(PRESET_DIR.glob("*.toml"))}
+
+
+def resolve_preset_path(name_or_file: str) -> Path:
+    """A preset name (``demo``) or a path to a TOML file."""
+    path = Path(name_or_file)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"preset file {path} does not exist; `adapmtl presets list` shows the shipped ones")
+        return path
+    presets = list_presets()
+    if name_or_file in presets:
+        return presets[name_or_file]
+    hint = _closest(name_or_file, presets)
+    raise ConfigError(
+        f"unknown preset {name_or_file!r}{hint}; `adapmtl presets list` shows them, or pass a .toml file"
+    )
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+
+
+def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read a preset (name or file), apply ``key=value`` overrides, validate."""
+    path = resolve_preset_path(preset)
+    raw = read_toml(path)
+    for override in overrides:
+        apply_override(raw, override)
+    return validate_config(raw, source=str(path))
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe_validation_error(exc)}") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Overrides: dotted keys, values parsed as TOML so that they keep their types
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Set ``a.b.c=value`` in a raw config dict; the key must exist in the schema."""
+    key, sep, text = override.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} is not key=value, e.g. train.steps=500")
+    path = key.split(".")
+    _check_key_exists(path)
+    target = raw
+    for part in path[:-1]:
+        node = target.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key}: {part} is not a table")
+        target = node
+    target[path[-1]] = parse_value(text.strip())
+
+
+def parse_value(text: str) -> Any:
+    """A TOML value (``3``, ``1e-4``, ``true``, ``[1, 2]``, ``"x"``); anything else is a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _check_key_exists(path: list[str]) -> None:
+    model: type[BaseModel] | None = Config
+    for depth, part in enumerate(path):
+        fields = model.model_fields if model is not None else {}
+        if part not in fields:
+            prefix = ".".join(path[:depth])
+            valid = [f"{prefix}.{name}" if prefix else name for name in fields]
+            dotted = ".".join(path)
+            hint = _closest(dotted, all_keys()) or _closest(dotted, valid)
+            raise ConfigError(f"unknown config key {dotted!r}{hint}; `adapmtl presets show demo` lists the keys")
+        annotation = fields[part].annotation
+        is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if depth < len(path) - 1 and not is_section:
+            # Only dict-valued fields (priorities) accept one more level.
+            if fields[part].annotation == dict[str, float] and depth == len(path) - 2:
+                return
+            raise ConfigError(f"unknown config key {'.'.join(path)!r}: {'.'.join(path[:depth + 1])} is a value")
+        model = annotation if is_section else None
+
+
+def all_keys() -> list[str]:
+    """Every dotted key of the schema, e.g. ``train.steps``."""
+    keys: list[str] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                walk(annotation, f"{prefix}{name}.")
+            else:
+                keys.append(f"{prefix}{name}")
+
+    walk(Config, "")
+    return keys
+
+
+def _closest(word: str, candidates) -> str:
+    match = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.5)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    """The first error as one line: the dotted field, what is wrong and, for unknown keys, a hint."""
+    error = exc.errors()[0]
+    field = ".".join(str(part) for part in error["loc"]) or "config"
+    if error["type"] == "extra_forbidden":
+        hint = _closest(field, all_keys())
+        return f"unknown key {field!r}{hint}"
+    message = error["msg"].removeprefix("Value error, ")
+    extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    given = error.get("input")
+    shown = f", got {given!r}" if given is not None and not isinstance(given, dict) else ""
+    return f"{field}: {message}{shown}{extra}"
+
+
+# --------------------------------------------------------------------------------------------
+# Writing a resolved config back as TOML (the run directory's config.toml)
+
+
+def config_to_toml(config: Config) -> str:
+    """The fully resolved config as TOML; reading it back gives an equal Config."""
+    data = config.model_dump(mode="json")
+    lines: list[str] = []
+    scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in data.items() if isinstance(v, dict)}
+    lines += [f"{key} = {_toml_value(value)}" for key, value in scalars.items()]
+    for table, values in tables.items():
+        lines.append(f"\n[{table}]")
+        nested = {k: v for k, v in values.items() if isinstance(v, dict)}
+        lines += [f"{key} = {_toml_value(value)}" for key, value in values.items() if key not in nested]
+        for key, value in nested.items():
+            lines.append(f"\n[{table}.{key}]")
+            lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def config_to_json(config: Config) -> str:
+    return json.dumps(config.model_dump(mode="json"), sort_keys=True)
+
+
+def config_from_json(text: str, source: str) -> Config:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError:
+        raise ConfigError(f"{source}: the embedded config is not valid JSON") from None
+    return validate_config(raw, source=source)

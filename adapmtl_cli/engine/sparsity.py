@@ -1,0 +1,257 @@
+"""Soft-threshold sparsity (STR, Kusupati et al. 2020) as a reparametrisation of conv weights.
+
+Every Conv2d weight W of a sparsified component is replaced, through
+``torch.nn.utils.parametrize``, by its soft shrink
+
+    W_eff = sign(W) * relu(|W| - sigmoid(s)) = W - clamp(W, -sigmoid(s), sigmoid(s))
+
+with ``s`` a learnable scalar shared by the whole component (``component`` granularity, AdapMTL's),
+by one layer (``layer``, STR's) or by the whole model (``global``, the paper's ablation). The clamp
+form costs two elementwise kernels and gives exactly the gradients of REFERENCE.md 1 through
+autograd: dW_eff/dW = 1 where |W| > t and 0 elsewhere, dW_eff/dt = -sign(W) on survivors.
+
+The sparsifier also counts zeros on the device (layer, component, overall) with no host sync;
+only the stop rule turns one scalar into a Python float.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+Granularity = Literal["component", "layer", "global"]
+
+
+class SoftThreshold(nn.Module):
+    """The parametrization of one conv weight: soft shrink by sigmoid of a shared scalar.
+
+    The threshold parameter lives in the :class:`Sparsifier`; this module only points at it, so
+    each threshold is stored once however many convs share it.
+    """
+
+    def __init__(self, sparsifier: Sparsifier, index: int):
+        super().__init__()
+        # A plain attribute, not a submodule: registering it would make a cycle in the module tree.
+        object.__setattr__(self, "_sparsifier", sparsifier)
+        self.index = index
+
+    def forward(self, weight: Tensor) -> Tensor:
+        threshold = torch.sigmoid(self._sparsifier.thresholds[self.index]).to(weight.dtype)
+        return weight - torch.clamp(weight, -threshold, threshold)
+
+
+@dataclass(frozen=True)
+class SparseLayer:
+    """One sparsified (or merely counted) conv weight."""
+
+    key: str  # state-dict key of the weight in the plain (unparametrized) model, e.g. "heads.normal.fc1.conv1.weight"
+    component: str
+    threshold: str | None  # name of its threshold; None when the layer is only counted (dense models)
+    numel: int
+
+
+class Sparsifier(nn.Module):
+    """Owns the thresholds of a model and counts the sparsity of its conv weights.
+
+    ``components`` maps a component name (``backbone``, ``head.<task>``) to the module that holds its
+    convs. With ``enabled=False`` no threshold is attached and the layers are only counted (exact
+    zeros of the weights), so dense and pruned models report sparsity the same way.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        components: dict[str, nn.Module],
+        *,
+        enabled: bool = True,
+        granularity: Granularity = "component",
+        init: float = -15.0,
+    ):
+        super().__init__()
+        self.enabled = enabled
+        self.granularity = granularity
+        self.threshold_names: list[str] = []
+        self.thresholds = nn.ParameterList()
+        self.layers: list[SparseLayer] = []
+        self.component_names = list(components)
+        self._convs: list[nn.Conv2d] = []  # plain list: the convs belong to the model, not to us
+        self._threshold_of_layer: list[int] = []
+        prefixes = {id(module): name for name, module in model.named_modules()}
+        for component, module in components.items():
+            for name, conv in module.named_modules():
+                if isinstance(conv, nn.Conv2d):
+                    full_name = prefixes[id(conv)]
+                    self._add_layer(full_name, component, conv, init)
+        if not self.layers:
+            raise ValueError("no Conv2d layer found in the components to sparsify")
+        self._register_index_buffers()
+
+    # -- construction ------------------------------------------------------------------------
+
+    def _threshold_name(self, layer_name: str, component: str) -> str:
+        if self.granularity == "component":
+            return component
+        if self.granularity == "layer":
+            return layer_name
+        return "global"
+
+    def _add_layer(self, layer_name: str, component: str, conv: nn.Conv2d, init: float) -> None:
+        threshold = None
+        index = -1
+        if self.enabled:
+            threshold = self._threshold_name(layer_name, component)
+            if threshold not in self.threshold_names:
+                self.threshold_names.append(threshold)
+                self.thresholds.append(nn.Parameter(torch.tensor(float(init))))
+            index = self.threshold_names.index(threshold)
+            parametrize.register_parametrization(conv, "weight", SoftThreshold(self, index), unsafe=True)
+        self._convs.append(conv)
+        self._threshold_of_layer.append(index)
+        self.layers.append(SparseLayer(f"{layer_name}.weight", component, threshold, conv.weight.numel()))
+
+    def _register_index_buffers(self) -> None:
+        component_index = [self.component_names.index(layer.component) for layer in self.layers]
+        # Non-persistent: derived from the model's structure, never saved.
+        self.register_buffer("_layer_numel", torch.tensor([l.numel for l in self.layers], dtype=torch.float64), persistent=False)
+        self.register_buffer("_layer_component", torch.tensor(component_index, dtype=torch.long), persistent=False)
+
+    # -- the numbers -------------------------------------------------------------------------
+
+    def raw_weight(self, layer: int) -> Tensor:
+        conv = self._convs[layer]
+        if parametrize.is_parametrized(conv, "weight"):
+            return conv.parametrizations.weight.original
+        return conv.weight
+
+    def threshold_values(self) -> Tensor:
+        """sigmoid(s) of every threshold, on the device, in ``threshold_names`` order."""
+        if not self.enabled:
+            return torch.zeros(0)
+        return torch.sigmoid(torch.stack(list(self.thresholds)))
+
+    @torch.no_grad()
+    def layer_zeros(self) -> Tensor:
+        """Zeros of W_eff per layer, as float64 on the weights' device; no host synchronisation.
+
+        W_eff is zero exactly where |W| <= sigmoid(s), so the effective weights are never built.
+        """
+        counts = []
+        thresholds = self.threshold_values() if self.enabled else None
+        for layer, index in enumerate(self._threshold_of_layer):
+            weight = self.raw_weight(layer)
+            if index < 0:
+                counts.append((weight == 0).sum())
+            else:
+                counts.append((weight.abs() <= thresholds[index].to(weight.dtype)).sum())
+        return torch.stack(counts).to(torch.float64)
+
+    @torch.no_grad()
+    def overall_sparsity(self) -> Tensor:
+        """Overall fraction of zero conv weights, a 0-d tensor on the device."""
+        return self.layer_zeros().sum() / self._layer_numel.sum()
+
+    @torch.no_grad()
+    def stats(self) -> SparsityStats:
+        """Layer, component and overall sparsity plus thresholds, copied to the host once."""
+        zeros = self.layer_zeros()
+        numel = self._layer_numel.to(zeros.device)
+        index = self._layer_component.to(zeros.device)
+        n = len(self.component_names)
+        component_zeros = torch.zeros(n, dtype=torch.float64, device=zeros.device).index_add_(0, index, zeros)
+        component_numel = torch.zeros(n, dtype=torch.float64, device=zeros.device).index_add_(0, index, numel)
+        thresholds = self.threshold_values().detach().double().to(zeros.device)
+        packed = torch.cat([zeros / numel, component_zeros / component_numel, (zeros.sum() / numel.sum()).view(1), thresholds])
+        values = packed.cpu().tolist()  # the one host copy
+        n_layers = len(self.layers)
+        layer = dict(zip((l.key for l in self.layers), values[:n_layers]))
+        component = dict(zip(self.component_names, values[n_layers:n_layers + n]))
+        overall = values[n_layers + n]
+        threshold = dict(zip(self.threshold_names, values[n_layers + n + 1:]))
+        return SparsityStats(overall=overall, components=component, layers=layer, thresholds=threshold,
+                             component_params={c: int(v) for c, v in zip(self.component_names, component_numel.tolist())})
+
+    def thresholds_of(self, names: list[str] | None) -> list[nn.Parameter]:
+        """The threshold parameters of the given threshold names (all when ``names`` is empty)."""
+        if not names:
+            return list(self.thresholds)
+        return [p for n, p in zip(self.threshold_names, self.thresholds) if n in names]
+
+
+@dataclass
+class SparsityStats:
+    overall: float
+    components: dict[str, float]
+    layers: dict[str, float]
+    thresholds: dict[str, float]
+    component_params: dict[str, int]
+
+    def as_report(self) -> dict:
+        """The ``sparsity`` and ``thresholds`` parts of the one report shape (docs/internals.md)."""
+        return {"sparsity": {"overall": self.overall, "components": dict(self.components)},
+                "thresholds": dict(self.thresholds)}
+
+
+class FreezeController:
+    """The reference's stop rule: once overall sparsity >= target, thresholds stop moving.
+
+    ``observe`` takes the overall sparsity of the current weights (the trainer counts it once per
+    check, packed with the losses into its single host copy of the step); ``after_backward``, called
+    between backward and the optimizer step, sets the grads of the frozen thresholds to None, which
+    makes Adam skip them entirely: no update, no weight decay, moments kept. Weights keep training;
+    if sparsity falls below the target again, the thresholds move again. All named thresholds freeze
+    together. ``freeze_only`` restricts the rule to some thresholds (the reference's QUIRK freezes
+    only three heads by name); empty means all. The weights are identical on every rank under DDP,
+    so every rank takes the same decision.
+    """
+
+    def __init__(self, sparsifier: Sparsifier, target: float, check_every: int = 1, freeze_only: list[str] | None = None):
+        self.sparsifier = sparsifier
+        self.target = target
+        self.check_every = check_every
+        self.frozen = False
+        self.last_overall = 0.0
+        self._params = sparsifier.thresholds_of(freeze_only or [])
+
+    def wants_check(self, step: int) -> bool:
+        return self.sparsifier.enabled and step % self.check_every == 0
+
+    def observe(self, overall: float) -> None:
+        self.last_overall = overall
+        self.frozen = overall >= self.target
+
+    def after_backward(self) -> None:
+        if self.frozen:
+            for param in self._params:
+                param.grad = None
+
+    def state_dict(self) -> dict:
+        return {"frozen": self.frozen, "last_overall": self.last_overall}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.frozen = bool(state["frozen"])
+        self.last_overall = float(state["last_overall"])
+
+
+def effective_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The model's state with every parametrized weight replaced by its effective value W_eff,
+    under plain keys: what a deployed dense model loads."""
+    state = plain_state_dict(model)
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module, "weight"):
+            state[f"{name}.weight"] = module.weight.detach().clone()
+    return state
+
+
+def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """The model's state under plain keys: ``conv.parametrizations.weight.original`` becomes
+    ``conv.weight`` (the raw W), threshold parameters are left out (stored separately)."""
+    state = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("sparsifier."):
+            continue
+        state[key.replace(".parametrizations.weight.original", ".weight")] = value
+    return state

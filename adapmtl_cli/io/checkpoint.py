@@ -1,0 +1,184 @@
+"""safetensors checkpoints with enough metadata to rebuild and explain the model (docs/internals.md).
+
+Nothing here unpickles. Writes are atomic: the bytes go to a temporary file in the same folder,
+are flushed to disk, then renamed over the target, so a crash never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+import adapmtl_cli
+from adapmtl_cli.errors import CheckpointError
+
+FORMAT = "adapmtl.checkpoint"
+FORMAT_VERSION = "1"
+THRESHOLD_PREFIX = "threshold."
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot write here ({exc.strerror}); choose a writable --out") from None
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise CheckpointError(f"{path}: write failed ({exc.strerror}); free space or choose another --out") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    from safetensors.torch import save
+
+    # safetensors wants contiguous CPU tensors that share no memory.
+    prepared = {key: value.detach().to("cpu").contiguous().clone() for key, value in tensors.items()}
+    atomic_write_bytes(Path(path), save(prepared, metadata=metadata))
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint file read back: tensors plus parsed metadata."""
+
+    path: Path
+    tensors: dict[str, Tensor]
+    metadata: dict[str, str]
+    info: dict = field(default_factory=dict)
+
+    @property
+    def config_json(self) -> str:
+        return self.metadata.get("config", "")
+
+    @property
+    def step(self) -> int:
+        return int(self.metadata.get("step", "0"))
+
+    @property
+    def tasks(self) -> list[str]:
+        return json.loads(self.metadata.get("tasks", "[]"))
+
+    @property
+    def layers(self) -> dict[str, dict]:
+        return json.loads(self.metadata.get("layers", "{}"))
+
+    def thresholds(self) -> dict[str, Tensor]:
+        return {k[len(THRESHOLD_PREFIX):]: v for k, v in self.tensors.items() if k.startswith(THRESHOLD_PREFIX)}
+
+    def model_state(self) -> dict[str, Tensor]:
+        return {k: v for k, v in self.tensors.items() if not k.startswith((THRESHOLD_PREFIX, "mask."))}
+
+
+def checkpoint_tensors(model: torch.nn.Module) -> dict[str, Tensor]:
+    """The model's raw state under plain keys plus each threshold once."""
+    from adapmtl_cli.engine.sparsity import plain_state_dict
+
+    tensors = plain_state_dict(model)
+    sparsifier = model.sparsifier
+    for name, param in zip(sparsifier.threshold_names, sparsifier.thresholds):
+        tensors[THRESHOLD_PREFIX + name] = param.detach()
+    return tensors
+
+
+def checkpoint_metadata(model: torch.nn.Module, config_json: str, step: int, report: dict, kind: str = FORMAT) -> dict[str, str]:
+    sparsifier = model.sparsifier
+    layers = {layer.key: {"component": layer.component, "threshold": layer.threshold} for layer in sparsifier.layers}
+    return {
+        "format": kind,
+        "format_version": FORMAT_VERSION,
+        "adapmtl_version": adapmtl_cli.__version__,
+        "config": config_json,
+        "step": str(step),
+        "tasks": json.dumps(list(model.heads)),
+        "layers": json.dumps(layers),
+        "sparsity": json.dumps(report.get("sparsity", {})),
+        "thresholds": json.dumps(report.get("thresholds", {})),
+    }
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, config_json: str, step: int, report: dict) -> None:
+    save_tensors(path, checkpoint_tensors(model), checkpoint_metadata(model, config_json, step, report))
+
+
+def read_checkpoint(path: Path | str) -> Checkpoint:
+    """Read an adapmtl safetensors checkpoint; any fault becomes a one-line CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as exc:  # safetensors raises its own error types for every kind of corruption
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({reason}); is the file complete?") from None
+    if metadata.get("format", "").split(".")[0] != "adapmtl":
+        raise CheckpointError(f"{path}: a safetensors file, but not an adapmtl checkpoint (no 'format' metadata)")
+    return Checkpoint(path=path, tensors=tensors, metadata=metadata)
+
+
+def load_model_from_checkpoint(path: Path | str, device: str | torch.device = "cpu"):
+    """Rebuild the model a checkpoint describes and load its weights and thresholds.
+
+    Returns ``(model, config, checkpoint)``; the model is in eval mode.
+    """
+    from adapmtl_cli.builders import build_model_and_tasks
+    from adapmtl_cli.config import config_from_json
+
+    checkpoint = read_checkpoint(path)
+    config = config_from_json(checkpoint.config_json, source=f"{path} (embedded config)")
+    model, tasks = build_model_and_tasks(config)
+    load_into_model(model, checkpoint)
+    return model.to(device).eval(), config, checkpoint
+
+
+def load_into_model(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
+    """Load a checkpoint's tensors into a model built from its config; mismatches are errors."""
+    state = checkpoint.model_state()
+    target = model.state_dict()
+    key_map = {k.replace(".parametrizations.weight.original", ".weight"): k for k in target if not k.startswith("sparsifier.")}
+    missing = sorted(set(key_map) - set(state))
+    unexpected = sorted(set(state) - set(key_map))
+    if missing or unexpected:
+        first = (missing or unexpected)[0]
+        what = "lacks" if missing else "has an unexpected"
+        raise CheckpointError(
+            f"{checkpoint.path}: does not fit its recorded model: it {what} tensor {first!r} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected)"
+        )
+    converted = {}
+    for key, value in state.items():
+        expected = target[key_map[key]]
+        if expected.shape != value.shape:
+            raise CheckpointError(
+                f"{checkpoint.path}: tensor {key!r} has shape {tuple(value.shape)} but the model expects {tuple(expected.shape)}"
+            )
+        converted[key_map[key]] = value
+    sparsifier = model.sparsifier
+    thresholds = checkpoint.thresholds()
+    for index, name in enumerate(sparsifier.threshold_names):
+        if name not in thresholds:
+            raise CheckpointError(f"{checkpoint.path}: lacks the threshold of {name!r}")
+        converted[f"sparsifier.thresholds.{index}"] = thresholds[name].reshape(())
+    model.load_state_dict(converted, strict=True)

@@ -1,0 +1,174 @@
+"""The soft threshold, its gradients, threshold sharing and the stop rule (REFERENCE.md 1-2)."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from adapmtl_cli.engine.sparsity import FreezeController, Sparsifier, effective_state_dict, plain_state_dict
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+class TwoComponentNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.BatchNorm2d(2), nn.Conv2d(2, 2, 1, bias=False))
+        self.heads = nn.ModuleDict({"a": nn.Conv2d(2, 1, 1), "b": nn.Sequential(nn.Conv2d(2, 2, 1), nn.Conv2d(2, 1, 1))})
+
+    def components(self):
+        return {"backbone": self.backbone, "head.a": self.heads["a"], "head.b": self.heads["b"]}
+
+    def forward(self, x):
+        f = self.backbone(x)
+        return {k: h(f) for k, h in self.heads.items()}
+
+
+def single_conv_sparsifier(weights, threshold):
+    model = nn.Sequential(nn.Conv2d(1, len(weights), 1, bias=False))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor(weights).view(-1, 1, 1, 1))
+    sparsifier = Sparsifier(model, {"backbone": model}, init=logit(threshold))
+    model.sparsifier = sparsifier  # registers the thresholds as the model's parameters
+    return model, sparsifier
+
+
+def test_soft_threshold_forward_is_soft_shrink_by_sigmoid_s():
+    # t = sigmoid(s) = 0.1: survivors shrink by 0.1, |W| <= 0.1 become exactly 0.
+    model, _ = single_conv_sparsifier([0.5, -0.2, 0.05, -0.01, 0.0, 0.1], threshold=0.1)
+    expected = torch.tensor([0.4, -0.1, 0.0, 0.0, 0.0, 0.0])
+    assert torch.allclose(model[0].weight.flatten(), expected, atol=1e-7)
+    assert (model[0].weight.flatten()[2:] == 0).all()
+
+
+def test_soft_threshold_gradients_match_hand_values():
+    model, sparsifier = single_conv_sparsifier([0.5, -0.2, 0.05, -0.01, 0.0], threshold=0.1)
+    upstream = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0])
+    (model[0].weight.flatten() * upstream).sum().backward()
+    raw = model[0].parametrizations.weight.original
+    # dW_eff/dW = 1 on survivors (|W| > t), 0 elsewhere.
+    assert torch.allclose(raw.grad.flatten(), torch.tensor([1.0, 2.0, 0.0, 0.0, 0.0]))
+    # dW_eff/ds = -sign(W) * sigmoid'(s) on survivors: (-1*1 + 1*2) * 0.1 * 0.9 = 0.09.
+    assert sparsifier.thresholds[0].grad.item() == pytest.approx(0.09, rel=1e-5)
+
+
+def test_component_granularity_stores_one_threshold_per_component():
+    model = TwoComponentNet()
+    model.sparsifier = Sparsifier(model, model.components(), init=-5.0)
+    assert model.sparsifier.threshold_names == ["backbone", "head.a", "head.b"]
+    threshold_keys = [k for k in model.state_dict() if "threshold" in k]
+    assert threshold_keys == ["sparsifier.thresholds.0", "sparsifier.thresholds.1", "sparsifier.thresholds.2"]
+    # The parameters are shared, not copied: every conv of head.b uses the same tensor.
+    assert sum(1 for _ in model.parameters()) == len(list(plain_state_dict_params(model))) + 3
+    with torch.no_grad():
+        model.sparsifier.thresholds[2].fill_(10.0)  # sigmoid(10) ~ 1: head.b is all zeros
+    assert (model.heads["b"][0].weight == 0).all() and (model.heads["b"][1].weight == 0).all()
+    assert (model.heads["a"].weight != 0).any()
+
+
+def plain_state_dict_params(model):
+    return [p for n, p in model.named_parameters() if "sparsifier" not in n]
+
+
+@pytest.mark.parametrize("granularity,count", [("layer", 5), ("global", 1), ("component", 3)])
+def test_granularities(granularity, count):
+    model = TwoComponentNet()
+    model.sparsifier = Sparsifier(model, model.components(), granularity=granularity, init=-5.0)
+    assert len(model.sparsifier.thresholds) == count
+    if granularity == "layer":
+        assert "heads.b.1" in model.sparsifier.threshold_names
+
+
+def test_stats_count_zeros_per_layer_component_and_overall():
+    model = TwoComponentNet()
+    model.sparsifier = Sparsifier(model, model.components(), init=logit(0.3))
+    values = {
+        "backbone.0": [0.1, 0.5],                 # 1 zero of 2
+        "backbone.2": [0.2, 0.31, -0.29, 0.9],    # 2 zeros of 4
+        "heads.a": [0.1, 0.1],                    # 2 of 2
+        "heads.b.0": [1.0, 1.0, 1.0, 1.0],        # 0 of 4
+        "heads.b.1": [-0.3, 0.7],                 # 1 of 2 (|W| = t is zero)
+    }
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, w in values.items():
+            modules[name].parametrizations.weight.original.copy_(torch.tensor(w).view_as(modules[name].parametrizations.weight.original))
+    stats = model.sparsifier.stats()
+    assert stats.layers["backbone.2.weight"] == pytest.approx(0.5)
+    assert stats.components == pytest.approx({"backbone": 3 / 6, "head.a": 1.0, "head.b": 1 / 6})
+    assert stats.overall == pytest.approx(6 / 14)
+    assert stats.thresholds["head.a"] == pytest.approx(0.3)
+    assert stats.component_params == {"backbone": 6, "head.a": 2, "head.b": 6}
+
+
+def test_effective_and_plain_state_dicts_use_plain_keys():
+    model, _ = single_conv_sparsifier([0.5, -0.05], threshold=0.1)
+    plain = plain_state_dict(model)
+    effective = effective_state_dict(model)
+    assert set(plain) == {"0.weight"} == set(effective)  # thresholds are stored apart
+    assert plain["0.weight"].flatten().tolist() == pytest.approx([0.5, -0.05])
+    assert effective["0.weight"].flatten().tolist() == pytest.approx([0.4, 0.0])
+
+
+def _adam_setup(weight_decay=0.1):
+    model, sparsifier = single_conv_sparsifier([0.5, -0.2], threshold=0.1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01, weight_decay=weight_decay)
+    return model, sparsifier, optimizer
+
+
+def _step(model, optimizer, controller):
+    optimizer.zero_grad()
+    model[0].weight.sum().backward()
+    controller.after_backward()
+    optimizer.step()
+
+
+def test_stop_rule_freezes_thresholds_without_update_or_decay_and_keeps_moments():
+    model, sparsifier, optimizer = _adam_setup()
+    controller = FreezeController(sparsifier, target=0.9)
+    s = sparsifier.thresholds[0]
+    controller.observe(0.5)  # below target: thresholds move
+    _step(model, optimizer, controller)
+    moved = s.item()
+    assert moved != pytest.approx(logit(0.1))
+    moments = {k: v.clone() for k, v in optimizer.state[s].items()}
+
+    controller.observe(0.9)  # at target: frozen; weight decay alone would also have moved s
+    assert controller.frozen
+    raw_before = model[0].parametrizations.weight.original.detach().clone()
+    _step(model, optimizer, controller)
+    assert s.item() == moved
+    for key, value in moments.items():
+        assert torch.equal(optimizer.state[s][key], value), key
+    # The weights keep training.
+    assert not torch.equal(model[0].parametrizations.weight.original, raw_before)
+
+    controller.observe(0.85)  # fell below the target again: the thresholds move again
+    _step(model, optimizer, controller)
+    assert s.item() != moved
+
+
+def test_stop_rule_can_freeze_only_named_thresholds():
+    model = TwoComponentNet()
+    model.sparsifier = Sparsifier(model, model.components(), init=-3.0)
+    controller = FreezeController(model.sparsifier, target=0.5, freeze_only=["head.a"])
+    out = model(torch.randn(1, 1, 2, 2))
+    sum(v.sum() for v in out.values()).backward()
+    controller.observe(0.6)
+    controller.after_backward()
+    grads = [p.grad for p in model.sparsifier.thresholds]
+    assert grads[1] is None and grads[0] is not None and grads[2] is not None
+
+
+def test_dense_models_are_counted_without_thresholds():
+    model = TwoComponentNet()
+    with torch.no_grad():
+        model.heads["a"].weight.zero_()
+    model.sparsifier = Sparsifier(model, model.components(), enabled=False)
+    stats = model.sparsifier.stats()
+    assert len(model.sparsifier.thresholds) == 0
+    assert stats.components["head.a"] == 1.0
+    assert stats.overall == pytest.approx(2 / 14)
