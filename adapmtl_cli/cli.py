@@ -95,6 +95,28 @@ def _render_summary(summary: dict, run_dir: Path) -> None:
     console.print(f"run directory: [bold]{run_dir}[/]")
 
 
+# -- inspect --------------------------------------------------------------------------------
+
+
+@app.command()
+def inspect(
+    file: Path = typer.Argument(..., help="An adapmtl checkpoint or export (.safetensors) or a reference AdapMTL .model file."),
+    layers: bool = typer.Option(False, "--layers", help="Add the per-layer table."),
+    as_json: bool = typer.Option(False, "--json", help="Print the numbers as JSON on stdout."),
+) -> None:
+    """Explain a checkpoint without a dataset: per-component sparsity, thresholds, sizes."""
+    from adapmtl_cli.io.inspect import inspect_file
+
+    report = inspect_file(file)
+    if as_json:
+        _print_json(report.as_dict(with_layers=layers))
+        return
+    from adapmtl_cli.report.console import inspect_tables
+
+    for renderable in inspect_tables(report, with_layers=layers):
+        _console().print(renderable)
+
+
 # -- presets --------------------------------------------------------------------------------
 
 

@@ -208,7 +208,14 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Con
     raw = read_toml(path)
     for override in overrides:
         apply_override(raw, override)
-    return validate_config(raw, source=str(path))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        # Blame the override when the bad field was set by one, else the preset file.
+        field = ".".join(str(part) for part in exc.errors()[0]["loc"])
+        culprit = next((o for o in reversed(overrides) if field.startswith(o.partition("=")[0].strip())), None)
+        source = f"override {culprit!r}" if culprit else str(path)
+        raise ConfigError(f"{source}: {_describe_validation_error(exc)}") from None
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> Config:

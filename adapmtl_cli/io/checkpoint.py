@@ -112,6 +112,7 @@ def checkpoint_metadata(model: torch.nn.Module, config_json: str, step: int, rep
         "layers": json.dumps(layers),
         "sparsity": json.dumps(report.get("sparsity", {})),
         "thresholds": json.dumps(report.get("thresholds", {})),
+        "metrics": json.dumps(report.get("metrics", {})),
     }
 
 

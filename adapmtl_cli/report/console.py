@@ -79,3 +79,37 @@ def metrics_table(metrics: dict[str, dict[str, float]], title: str = "Metrics") 
     for task, values in metrics.items():
         table.add_row(task, "  ".join(f"{key} {format_metric(key, value)}" for key, value in values.items()))
     return table
+
+
+def human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.1f} {unit}" if unit != "B" else f"{size} B"
+        value /= 1024
+    return f"{size} B"
+
+
+def inspect_tables(report, with_layers: bool = False) -> list:
+    """The renderables of ``adapmtl inspect``: a header, the component table, optional layers."""
+    document = report.as_dict()
+    header = Table.grid(padding=(0, 2))
+    header.add_row("file", f"{report.path} ({human_size(report.file_size)})")
+    header.add_row("kind", report.kind)
+    header.add_row("preset", str(report.preset or "-"))
+    header.add_row("tasks", ", ".join(report.tasks) or "-")
+    header.add_row("step", "-" if report.step is None else str(report.step))
+    items = [header, sparsity_table(document, params=document["params"], nonzeros=document["nonzeros"], title="Components")]
+    if with_layers:
+        table = Table(title="Layers", title_justify="left")
+        for column, justify in (("layer", "left"), ("component", "left"), ("weights", "right"), ("sparsity %", "right"), ("threshold", "right")):
+            table.add_column(column, justify=justify)
+        for layer in report.layers:
+            threshold = "-" if layer.threshold is None else f"{layer.threshold:.3e}"
+            table.add_row(layer.key, layer.component, f"{layer.params:,}", f"{100 * layer.zeros / layer.params:.2f}", threshold)
+        items.append(table)
+    if document["metrics"]:
+        items.append(metrics_table(document["metrics"], title="Metrics recorded in the file"))
+    items.extend(f"[dim]{note}[/]" for note in report.notes)
+    items.append("[dim]Unstructured sparsity saves storage and memory (see `adapmtl export --format sparse`), not dense-kernel time.[/]")
+    return items
