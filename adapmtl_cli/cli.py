@@ -7,6 +7,7 @@ Human output goes to stderr; ``--json`` prints exactly one JSON document on stdo
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -66,11 +67,14 @@ def train(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing run directory."),
     as_json: bool = typer.Option(False, "--json", help="Print summary.json on stdout."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
+    nproc: int = typer.Option(0, "--nproc", min=0, help="Launch N data-parallel processes with torchrun (gloo on CPU, NCCL on GPUs)."),
 ) -> None:
     """Train a sparse multitask model (AdapMTL) and write a run directory."""
     from adapmtl_cli import workflows
 
     console = _console()
+    if nproc > 1:
+        raise typer.Exit(_launch_torchrun(nproc, preset, overrides or [], data_root, out, resume, force, as_json, quiet))
     if resume is not None:
         if overrides:
             raise _usage("--resume continues a run with its saved config.toml; overrides are not allowed")
@@ -78,12 +82,40 @@ def train(
         run_dir = resume
     else:
         config = workflows.prepare_config(preset, overrides or [], data_root)
+        if out is None and _under_torchrun():
+            raise _usage("under torchrun every process must agree on the run directory: pass --out DIR")
         run_dir = out or workflows.default_run_dir(config)
         summary = workflows.train(config, run_dir, console=console, force=force, quiet=quiet)
+    if _under_torchrun() and os.environ.get("RANK", "0") != "0":
+        return  # rank 0 reports for everyone
     if not quiet:
         _render_summary(summary, run_dir)
     if as_json:
         _print_json(summary)
+
+
+def _under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _launch_torchrun(nproc, preset, overrides, data_root, out, resume, force, as_json, quiet) -> int:
+    """Re-run this command under torchrun with ``nproc`` processes on this machine."""
+    import subprocess
+
+    from adapmtl_cli import workflows
+
+    args = ["train"]
+    if resume is not None:
+        args += ["--resume", str(resume)]
+    else:
+        config = workflows.prepare_config(preset, overrides, data_root)  # fail fast, before spawning
+        args += ["--preset", preset, "--out", str(out or workflows.default_run_dir(config))]
+        if data_root is not None:
+            args += ["--data-root", data_root]
+        args += ["--force"] * force
+    args += ["--json"] * as_json + ["--quiet"] * quiet + list(overrides)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "adapmtl_cli", *args]
+    return subprocess.call(command)
 
 
 def _render_summary(summary: dict, run_dir: Path) -> None:
