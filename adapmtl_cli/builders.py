@@ -75,7 +75,12 @@ def task_priorities(config: Config) -> torch.Tensor:
 
 
 def build_controller(config: Config, sparsifier):
-    from adapmtl_cli.engine.sparsity import FreezeController
+    from adapmtl_cli.engine.sparsity import FreezeController, ScheduleController
+
+    sparsity = config.sparsity
+    if sparsity.control == "schedule":
+        return ScheduleController(sparsifier, sparsity.target, config.train.steps, sparsity.schedule_start,
+                                  sparsity.schedule_end, sparsity.check_every, seed=config.seed)
 
     names = config.sparsity.freeze_only
     unknown = [n for n in names if n not in sparsifier.threshold_names]

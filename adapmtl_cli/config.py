@@ -101,12 +101,24 @@ class SparsityConfig(Section):
     target: float = Field(0.9, gt=0.0, lt=1.0, description="overall fraction of zero conv weights")
     init: float = Field(-15.0, ge=-1e4, le=1e4, description="sInit: initial s, threshold sigmoid(s)")
     granularity: Literal["component", "layer", "global"] = "component"
-    control: Literal["freeze"] = "freeze"
+    # "freeze": the reference's stop rule. "schedule": thresholds rescaled so that the overall
+    # sparsity follows a cubic plan from schedule_start to schedule_end (fractions of the run)
+    # and lands on the target; components still learn how to share it.
+    control: Literal["freeze", "schedule"] = "freeze"
+    schedule_start: float = Field(0.1, ge=0.0, lt=1.0)
+    schedule_end: float = Field(0.7, gt=0.0, le=1.0)
     # How often (in steps) the stop rule re-counts sparsity. 1 = every step, as the reference.
     check_every: int = Field(1, ge=1)
     # Thresholds the stop rule freezes; empty = all (standard). QUIRK: the reference freezes only
     # ["head.segment_semantic", "head.normal", "head.depth_zbuffer"], by name, even on Taskonomy.
     freeze_only: list[str] = Field(default_factory=list)
+
+
+    @model_validator(mode="after")
+    def _schedule_ordered(self) -> SparsityConfig:
+        if self.schedule_end <= self.schedule_start:
+            raise ValueError("sparsity.schedule_end must be after sparsity.schedule_start")
+        return self
 
 
 class WeightingConfig(Section):

@@ -16,6 +16,7 @@ only the stop rule turns one scalar into a Python float.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -228,6 +229,9 @@ class FreezeController:
             for param in self._params:
                 param.grad = None
 
+    def after_step(self, done: int) -> None:
+        return None
+
     def state_dict(self) -> dict:
         return {"frozen": self.frozen, "last_overall": self.last_overall}
 
@@ -255,3 +259,91 @@ def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:
             continue
         state[key.replace(".parametrizations.weight.original", ".weight")] = value
     return state
+
+
+def planned_sparsity(step: int, total_steps: int, target: float, start: float, end: float, initial: float = 0.0) -> float:
+    """Zhu & Gupta's cubic schedule: ``initial`` until ``start * total_steps``, then rising fast and
+    flattening out to ``target`` at ``end * total_steps``, ``target`` after."""
+    t0, t1 = start * total_steps, end * total_steps
+    if step <= t0:
+        return initial
+    if step >= t1:
+        return target
+    progress = (step - t0) / (t1 - t0)
+    return target + (initial - target) * (1.0 - progress) ** 3
+
+
+class ScheduleController:
+    """Drive the overall sparsity along a planned curve and land on the target.
+
+    After each optimizer step (every ``check_every`` steps, and always at the last one) every
+    threshold is multiplied by one common factor k chosen so that the overall sparsity equals the
+    plan: a weight is zero iff |W| / t_layer <= k, so k is the plan's quantile of the normalised
+    magnitudes u = |W| / t over all sparsified weights (from a fixed random sample of at most
+    ``sample_size`` of them on big models, which is within a few hundredths of a point). Because k
+    is common, the *ratios* between thresholds, which the optimizer keeps learning through the task
+    gradients, still decide how sparsity is shared among components: the controller sets the
+    total, the components compete for it. Weights identical on every rank give the same k
+    everywhere under DDP.
+    """
+
+    def __init__(self, sparsifier: Sparsifier, target: float, total_steps: int, start: float = 0.1, end: float = 0.7,
+                 check_every: int = 1, sample_size: int = 4_000_000, seed: int = 0):
+        self.sparsifier = sparsifier
+        self.target = target
+        self.total_steps = total_steps
+        self.start, self.end = start, end
+        self.check_every = check_every
+        self.sample_size = sample_size
+        self.seed = seed
+        self.last_overall = 0.0
+        self.planned = 0.0
+        self.frozen = False  # never: thresholds always learn; kept for a uniform interface
+
+    def wants_check(self, step: int) -> bool:
+        return self.sparsifier.enabled and step % self.check_every == 0
+
+    def observe(self, overall: float) -> None:
+        self.last_overall = overall
+
+    def after_backward(self) -> None:
+        return None
+
+    @torch.no_grad()
+    def after_step(self, done: int) -> None:
+        """Re-scale the thresholds to the plan at ``done`` completed steps."""
+        if not self.sparsifier.enabled or done <= self.start * self.total_steps:
+            return
+        if done % self.check_every and done != self.total_steps:
+            return
+        self.planned = planned_sparsity(done, self.total_steps, self.target, self.start, self.end)
+        factor = self._quantile_factor(self.planned)
+        for param in self.sparsifier.thresholds:
+            scaled = (torch.sigmoid(param) * factor).clamp(1e-30, 1 - 1e-7)
+            param.copy_(torch.logit(scaled.double()).to(param.dtype))
+
+    def _quantile_factor(self, fraction: float) -> Tensor:
+        sparsifier = self.sparsifier
+        thresholds = sparsifier.threshold_values()
+        total = sum(layer.numel for layer in sparsifier.layers)
+        keep = min(1.0, self.sample_size / total)
+        generator = None
+        pieces = []
+        for layer, index in enumerate(sparsifier._threshold_of_layer):
+            weight = sparsifier.raw_weight(layer).detach().flatten()
+            if keep < 1.0:
+                if generator is None:
+                    generator = torch.Generator(device=weight.device).manual_seed(self.seed)
+                count = max(1, round(weight.numel() * keep))
+                weight = weight[torch.randint(weight.numel(), (count,), device=weight.device, generator=generator)]
+            pieces.append(weight.abs().float() / thresholds[index].float())
+        normalised = torch.cat(pieces)
+        rank = min(normalised.numel(), max(1, math.ceil(fraction * normalised.numel())))
+        return normalised.kthvalue(rank).values.double()
+
+    def state_dict(self) -> dict:
+        return {"last_overall": self.last_overall, "planned": self.planned}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_overall = float(state["last_overall"])
+        self.planned = float(state.get("planned", 0.0))

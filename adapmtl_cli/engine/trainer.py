@@ -225,6 +225,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        self.controller.after_step(step + 1)
         return {
             "losses": dict(zip(self.tasks, task_losses.tolist())),
             "weights": dict(zip(self.tasks, weights.tolist())),
@@ -248,6 +249,8 @@ class Trainer:
         if not self.tb.enabled:
             return
         self.tb.train_step(done, record["lr"], record["losses"], record["weights"], record["overall"])
+        if self.config.sparsity.control == "schedule":
+            self.tb.scalar("sparsity/planned", self.controller.planned, done)
         every = self.config.train.log_every
         layer_every = self.config.train.layer_log_every
         if done % every == 0 or done % layer_every == 0:

@@ -17,6 +17,8 @@ class TensorBoardLogger:
             from torch.utils.tensorboard import SummaryWriter
 
             self._writer = SummaryWriter(log_dir=str(log_dir))
+            # One chart with the planned and the actual overall sparsity (schedule control).
+            self._writer.add_custom_scalars({"sparsity": {"planned vs actual": ["Multiline", ["sparsity/overall_sparsity", "sparsity/planned"]]}})
 
     @property
     def enabled(self) -> bool:

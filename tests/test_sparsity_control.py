@@ -1,0 +1,63 @@
+"""The schedule controller: the plan's numbers by hand, and the thresholds it sets hit the plan."""
+
+import pytest
+import torch
+from torch import nn
+
+from adapmtl_cli.engine.sparsity import ScheduleController, Sparsifier, planned_sparsity
+
+
+def test_cubic_plan_by_hand():
+    # 100 steps, plan from step 10 to 70, target 0.9: halfway (step 40) 0.9 - 0.9 * 0.5**3 = 0.7875.
+    plan = [planned_sparsity(s, 100, 0.9, 0.1, 0.7) for s in (0, 10, 40, 70, 100)]
+    assert plan == pytest.approx([0.0, 0.0, 0.7875, 0.9, 0.9])
+    assert planned_sparsity(20, 100, 0.5, 0.1, 0.7) == pytest.approx(0.5 - 0.5 * (5 / 6) ** 3)
+
+
+def make_model(granularity="component"):
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.backbone = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 16, 3))
+    model.head = nn.Sequential(nn.Conv2d(16, 32, 3), nn.Conv2d(32, 4, 1))
+    with torch.no_grad():
+        model.head[0].weight.mul_(5.0)  # a different weight scale per component
+    model.sparsifier = Sparsifier(model, {"backbone": model.backbone, "head": model.head}, granularity=granularity, init=-8.0)
+    return model
+
+
+def exact_overall(model):
+    """Zeros of the effective weights the convs compute, counted independently of the sparsifier."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    return sum(int((c.weight == 0).sum()) for c in convs) / sum(c.weight.numel() for c in convs)
+
+
+@pytest.mark.parametrize("granularity", ["component", "layer", "global"])
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.9, 0.95, 0.98])
+def test_controller_lands_on_the_plan(target, granularity):
+    model = make_model(granularity)
+    controller = ScheduleController(model.sparsifier, target, total_steps=100, start=0.1, end=0.7)
+    before = torch.sigmoid(torch.stack(list(model.sparsifier.thresholds))).detach()
+    controller.after_step(40)
+    n = sum(layer.numel for layer in model.sparsifier.layers)
+    assert exact_overall(model) == pytest.approx(planned_sparsity(40, 100, target, 0.1, 0.7), abs=2 / n)
+    controller.after_step(100)
+    assert exact_overall(model) == pytest.approx(target, abs=2 / n)
+    # One common factor: the ratios between thresholds (what the optimizer learns) are kept.
+    after = torch.sigmoid(torch.stack(list(model.sparsifier.thresholds))).detach()
+    ratios = after / before
+    assert torch.allclose(ratios, ratios[0].expand_as(ratios), rtol=1e-4)
+
+
+def test_controller_leaves_thresholds_alone_before_the_plan_starts():
+    model = make_model()
+    controller = ScheduleController(model.sparsifier, 0.9, total_steps=100, start=0.1, end=0.7)
+    before = [p.item() for p in model.sparsifier.thresholds]
+    controller.after_step(10)
+    assert [p.item() for p in model.sparsifier.thresholds] == before
+
+
+def test_sampled_quantile_on_a_big_model_is_within_a_few_hundredths_of_a_point():
+    model = make_model()
+    controller = ScheduleController(model.sparsifier, 0.9, total_steps=10, start=0.0, end=0.5, sample_size=2000)
+    controller.after_step(10)
+    assert exact_overall(model) == pytest.approx(0.9, abs=0.02)  # 2000 samples: sd of about 0.007
