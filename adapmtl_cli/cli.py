@@ -127,6 +127,87 @@ def _render_summary(summary: dict, run_dir: Path) -> None:
     console.print(f"run directory: [bold]{run_dir}[/]")
 
 
+# -- eval -----------------------------------------------------------------------------------
+
+
+@app.command("eval")
+def eval_command(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint (.safetensors) to evaluate."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset folder; without one the synthetic scenes are used."),
+    split: str = typer.Option("test", "--split", help="test or val."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="An eval JSON or a checkpoint (the dense model) to compute Delta against."),
+    fail_under: Optional[float] = typer.Option(None, "--fail-under", help="Exit 1 when Delta_T is below this (needs --baseline)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Evaluate a checkpoint: every task's metrics, component sparsity, and Delta against a baseline."""
+    from adapmtl_cli import workflows
+    from adapmtl_cli.errors import GateFailed
+
+    if fail_under is not None and baseline is None:
+        raise _usage("--fail-under needs --baseline (Delta_T is measured against it)")
+    result = workflows.evaluate_checkpoint(checkpoint, data_root=data_root, split=split, baseline=baseline, device=device)
+    if as_json:
+        _print_json(result)
+    else:
+        _render_eval(result)
+    if fail_under is not None and not result["delta"]["delta_t"] >= fail_under:
+        raise GateFailed(f"{checkpoint}: Delta_T {result['delta']['delta_t']:+.2f} is below --fail-under {fail_under:+.2f}")
+
+
+def _render_eval(result: dict) -> None:
+    from adapmtl_cli.report.console import delta_table, metrics_table, sparsity_table
+
+    console = _console()
+    console.print(f"{result['file']} on the {result['split']} split of {result['data']}")
+    console.print(metrics_table(result["metrics"], title="Metrics"))
+    console.print(sparsity_table(result, title="Sparsity"))
+    if "delta" in result:
+        console.print(delta_table(result["delta"]))
+
+
+# -- compare --------------------------------------------------------------------------------
+
+
+@app.command()
+def compare(
+    files: List[Path] = typer.Argument(..., help="Eval JSONs (adapmtl eval --json) or checkpoints."),
+    baseline: Path = typer.Option(..., "--baseline", help="The dense model: an eval JSON or a checkpoint."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset folder for checkpoints; synthetic without one."),
+    output_format: str = typer.Option("table", "--format", help="table, markdown or csv."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON on stdout."),
+) -> None:
+    """Compare models in the layout of the paper's Table 2 (metrics, Delta per task, sparsity, Delta_T)."""
+    from adapmtl_cli import workflows
+
+    if output_format not in ("table", "markdown", "csv"):
+        raise _usage(f"--format {output_format!r}: choose table, markdown or csv")
+    comparison = workflows.compare(files, baseline, data_root=data_root)
+    if as_json:
+        _print_json(comparison)
+        return
+    header, rows = workflows.comparison_columns(comparison)
+    if output_format == "markdown":
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        sys.stdout.write("\n".join(lines) + "\n")
+    elif output_format == "csv":
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(header)
+        writer.writerows(rows)
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"Against {comparison['baseline']}", title_justify="left")
+        for column in header:
+            table.add_column(column, justify="left" if column == "model" else "right")
+        for row in rows:
+            table.add_row(*row)
+        _console().print(table)
+
+
 # -- inspect --------------------------------------------------------------------------------
 
 

@@ -103,3 +103,176 @@ def copy_preset(name: str, destination: Path, force: bool = False) -> Path:
 
 def validate_preset(name_or_file: str, overrides: list[str] = ()) -> Config:
     return load_config(name_or_file, list(overrides))
+
+
+# -- eval -----------------------------------------------------------------------------------
+
+
+def evaluate_checkpoint(path: Path, *, data_root: str | None = None, split: str = "test",
+                        baseline: Path | None = None, device: str = "auto") -> dict:
+    """Evaluate a checkpoint on a data split; with a baseline, add Delta_T and Delta_p.
+
+    Returns the summary shape (step, sparsity, thresholds, metrics) plus ``file``, ``split``,
+    ``data`` and, with a baseline, ``delta``. Without a dataset root the synthetic scenes are used.
+    """
+    import torch
+
+    from adapmtl_cli import builders
+    from adapmtl_cli.data import build_datasets
+    from adapmtl_cli.engine.evaluator import evaluate
+    from adapmtl_cli.io.checkpoint import load_model_from_checkpoint
+
+    if split not in ("test", "val"):
+        raise ConfigError(f"--split {split!r}: choose test or val")
+    model, config, checkpoint = load_model_from_checkpoint(path)
+    config, data_note = _evaluation_data_config(config, data_root)
+    config.train.device = device  # validated by assignment
+    target_device = builders.resolve_device(config)
+    data = build_datasets(config)
+    dataset = data.test if split == "test" else data.val
+    validate = getattr(dataset, "validate", None)
+    if validate is not None:
+        validate()
+    tasks = builders.build_tasks(config, data.class_weights)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=config.train.batch_size, num_workers=config.data.workers)
+    model.to(target_device)
+    metrics, losses = evaluate(model, loader, tasks, target_device, config.train.amp)
+    result = {
+        "file": str(path),
+        "split": split,
+        "data": data_note,
+        "step": checkpoint.step,
+        **model.sparsifier.stats().as_report(),
+        "metrics": metrics,
+        "losses": losses,
+    }
+    if baseline is not None:
+        result["delta"] = delta_against(result["metrics"], baseline, tasks, data_root=data_root, split=split, device=device)
+    return result
+
+
+def _evaluation_data_config(config: Config, data_root: str | None) -> tuple[Config, str]:
+    config = config.model_copy(deep=True)
+    if data_root is not None:
+        config.data.root = data_root
+    if config.data.source != "synthetic" and not config.data.root:
+        config.data.source = "synthetic"
+        return config, "synthetic scenes (no data root given; pass --data-root for the real dataset)"
+    if config.data.source == "synthetic":
+        return config, f"synthetic scenes (seed {config.seed}, {config.data.resolution}px)"
+    return config, f"{config.data.source} at {config.data.root}"
+
+
+def delta_against(metrics: dict, baseline: Path, tasks: dict, **eval_options) -> dict:
+    """Delta scores of ``metrics`` against a baseline eval JSON or checkpoint."""
+    from adapmtl_cli.tasks.scores import delta_scores
+
+    reference = load_metrics(baseline, **eval_options)
+    scores = delta_scores(metrics, reference, metric_directions(list(tasks)))
+    return {"per_task": scores.per_task, "delta_t": scores.delta_t, "delta_p": scores.delta_p,
+            "per_task_mean": scores.per_task_mean, "per_metric": scores.per_metric,
+            "definition": scores.definition, "baseline": str(baseline),
+            "skipped": [vars(s) for s in scores.skipped]}
+
+
+def load_metrics(path: Path, **eval_options) -> dict:
+    """Metrics from an eval/summary JSON, or by evaluating a checkpoint."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"--baseline {path}: no such file")
+    if path.suffix == ".json":
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ConfigError(f"--baseline {path}: not valid JSON; pass an eval --json output or a checkpoint") from None
+        if not isinstance(document, dict) or not isinstance(document.get("metrics"), dict):
+            raise ConfigError(f"--baseline {path}: no 'metrics' object; pass an eval --json output or a checkpoint")
+        return document["metrics"]
+    return evaluate_checkpoint(path, **eval_options)["metrics"]
+
+
+# -- compare --------------------------------------------------------------------------------
+
+
+def compare(files: list[Path], baseline: Path, **eval_options) -> dict:
+    """The paper's Table 2 for several models: every metric, Delta per task, component sparsity,
+    Delta_T and Delta_p against ``baseline``. Each file is an eval JSON or a checkpoint."""
+    from adapmtl_cli.tasks.scores import delta_scores
+
+    reference = _result_of(baseline, **eval_options)
+    rows = [("baseline", baseline, reference)] + [(Path(f).stem, f, _result_of(f, **eval_options)) for f in files]
+    directions = metric_directions(list(reference["metrics"]))
+    table = []
+    for label, path, result in rows:
+        scores = delta_scores(result["metrics"], reference["metrics"], directions)
+        table.append({
+            "model": label, "file": str(path), "metrics": result["metrics"],
+            "sparsity": result.get("sparsity", {}),
+            "delta": {"per_task": scores.per_task, "delta_t": scores.delta_t, "delta_p": scores.delta_p},
+        })
+    return {"baseline": str(baseline), "rows": table, "definition": scores.definition if rows else {}}
+
+
+def metric_directions(task_names: list[str]) -> dict[str, dict[str, bool]]:
+    """Whether each metric is better higher, for every metric style of each task, from the task
+    registry (directions do not depend on class counts)."""
+    from adapmtl_cli.tasks import TASK_KINDS, build_task
+
+    directions: dict[str, dict[str, bool]] = {}
+    for name in task_names:
+        if name not in TASK_KINDS:
+            raise ConfigError(f"unknown task {name!r} in the metrics; valid tasks: {', '.join(TASK_KINDS)}")
+        styles = ("nyuv2", "taskonomy") if name in ("segment_semantic", "normal", "depth_zbuffer") else (None,)
+        for style in styles:
+            options = {} if style is None else {"style": style}
+            if name == "segment_semantic":
+                options["num_classes"] = 2
+            directions.setdefault(name, {}).update(build_task(name, **options).higher_is_better)
+    return directions
+
+
+def _result_of(path: Path, **eval_options) -> dict:
+    import json
+
+    path = Path(path)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such file")
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ConfigError(f"{path}: not valid JSON; pass eval --json outputs or checkpoints") from None
+        if not isinstance(document, dict) or not isinstance(document.get("metrics"), dict):
+            raise ConfigError(f"{path}: no 'metrics' object; pass eval --json outputs or checkpoints")
+        return document
+    return evaluate_checkpoint(path, **eval_options)
+
+
+def comparison_columns(comparison: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the Table 2 layout, as strings (metrics in the units of the JSON)."""
+    rows = comparison["rows"]
+    metric_keys = [(task, key) for task, values in rows[0]["metrics"].items() for key in values]
+    components = list(rows[0]["sparsity"].get("components", {}))
+    tasks = list(rows[0]["metrics"])
+    header = (["model"] + [f"{task}/{key}" for task, key in metric_keys] + [f"Delta {task}" for task in tasks]
+              + [f"{c} %" for c in components] + ["overall %", "Delta_T", "Delta_p"])
+    body = []
+    for row in rows:
+        cells = [row["model"]]
+        cells += [_fmt(row["metrics"].get(task, {}).get(key)) for task, key in metric_keys]
+        cells += [_fmt(row["delta"]["per_task"].get(task), signed=True) for task in tasks]
+        components_of = row["sparsity"].get("components", {})
+        cells += [_fmt(100 * components_of[c] if c in components_of else None) for c in components]
+        overall = row["sparsity"].get("overall")
+        cells += [_fmt(None if overall is None else 100 * overall), _fmt(row["delta"]["delta_t"], signed=True),
+                  _fmt(row["delta"]["delta_p"], signed=True)]
+        body.append(cells)
+    return header, body
+
+
+def _fmt(value, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.2f}" if signed else f"{value:.4g}" if abs(value) < 1 else f"{value:.2f}"

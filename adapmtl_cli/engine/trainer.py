@@ -129,7 +129,8 @@ class Trainer:
             rank=dist_utils.rank(), world_size=dist_utils.world_size(),
         )
         return DataLoader(self.data.train, batch_sampler=sampler, num_workers=self.config.data.workers,
-                          pin_memory=self.device.type == "cuda", persistent_workers=self.config.data.workers > 0)
+                          pin_memory=self.device.type == "cuda", persistent_workers=self.config.data.workers > 0,
+                          generator=self._loader_generator())
 
     def _eval_loader(self, dataset) -> DataLoader:
         sampler = None
@@ -138,7 +139,13 @@ class Trainer:
 
             sampler = DistributedSampler(dataset, shuffle=False)
         per_rank = max(1, self.config.train.batch_size // dist_utils.world_size())
-        return DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=self.config.data.workers)
+        return DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=self.config.data.workers,
+                          generator=self._loader_generator())
+
+    def _loader_generator(self) -> torch.Generator:
+        # A loader draws its workers' base seed from its generator; without one it would draw from
+        # the global RNG, and creating a loader on resume would shift the dropout masks.
+        return torch.Generator().manual_seed(self.config.seed)
 
     def _resume(self) -> None:
         step, self.best = state_io.load_training_state(self.files.state, self)

@@ -113,3 +113,15 @@ def inspect_tables(report, with_layers: bool = False) -> list:
     items.extend(f"[dim]{note}[/]" for note in report.notes)
     items.append("[dim]Unstructured sparsity saves storage and memory (see `adapmtl export --format sparse`), not dense-kernel time.[/]")
     return items
+
+
+def delta_table(delta: dict) -> Table:
+    """Delta per task (Delta_T's per-task sums and Delta_p's per-task means), then the totals."""
+    table = Table(title=f"Delta vs {delta.get('baseline', 'baseline')} (%, positive = better)", title_justify="left")
+    table.add_column("task")
+    table.add_column("Delta_T (sum)", justify="right")
+    table.add_column("Delta_p (mean)", justify="right")
+    for task, value in delta["per_task"].items():
+        table.add_row(task, f"{value:+.2f}", f"{delta['per_task_mean'][task]:+.2f}")
+    table.add_row("[bold]all tasks", f"[bold]{delta['delta_t']:+.2f}", f"[bold]{delta['delta_p']:+.2f}")
+    return table
