@@ -35,6 +35,8 @@ from adapmtl_cli.io import state as state_io
 
 # Evaluations whose overall sparsity is this close to the target may be selected as "best".
 SELECTION_TOLERANCE = 0.005
+# Validation samples shown in TensorBoard at every validation.
+PICTURE_SAMPLES = 4
 
 
 @dataclass
@@ -269,8 +271,16 @@ class Trainer:
     def _validate(self, done: int) -> None:
         config = self.config
         split = self.data.test if config.train.select_on == "test" else self.data.val
+        samples = {}
+
+        def keep_first_batch(index, image, targets, outputs):
+            if index == 0:  # the same fixed samples at every validation
+                n = min(PICTURE_SAMPLES, image.shape[0])
+                samples.update(image=image[:n], targets={k: v[:n] for k, v in targets.items()},
+                               outputs={k: v[:n] for k, v in outputs.items()})
+
         metrics, losses = evaluate(self.model, self._eval_loader(split), self.tasks, self.device, config.train.amp,
-                                   max_batches=config.train.val_batches)
+                                   max_batches=config.train.val_batches, on_batch=keep_first_batch if self.tb.enabled else None)
         report = self.sparsity_report()
         score = sum(losses.values()) / len(losses)  # lower is better; every task counts equally
         at_target = (not self.sparsifier.enabled) or report["sparsity"]["overall"] >= config.sparsity.target - SELECTION_TOLERANCE
@@ -280,6 +290,12 @@ class Trainer:
             self.best = {"step": done, "score": score, "split": config.train.select_on}
         if self.main:
             self.tb.validation(done, metrics, losses, split="val" if config.train.select_on == "val" else "test")
+            if samples:
+                from adapmtl_cli.report.pictures import picture_grid
+
+                grid = picture_grid(samples["image"], samples["targets"], samples["outputs"], self.tasks,
+                                    bgr=config.data.source != "synthetic")
+                self.tb.image("Pictures/input_then_truth_and_prediction_per_task", grid, done)
             entry = {"step": done, "split": config.train.select_on, "losses": losses, **report, "metrics": metrics, "best": is_best}
             with open(self.files.metrics, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(entry) + "\n")

@@ -145,6 +145,23 @@ class Task(ABC):
     def metric_keys(self) -> tuple[str, ...]:
         return tuple(self.higher_is_better)
 
+    def render(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One sample's prediction ``[C, h, w]`` and target as RGB images ``[3, H, W]`` in [0, 1]
+        at the label's size, for TensorBoard. The default shows one channel in grey, both scaled
+        by the target's valid range; invalid target pixels are black."""
+        size = target.shape[-2:]
+        pred = F.interpolate(pred[None, :1].float(), size=size, mode="nearest")[0, 0]
+        target = as_channels(target[None].float())[0, 0]
+        valid = torch.isfinite(target)
+        low = target[valid].min() if valid.any() else pred.min()
+        high = target[valid].max() if valid.any() else pred.max()
+        scale = (high - low).clamp_min(1e-12)
+
+        def grey(x: torch.Tensor) -> torch.Tensor:
+            return ((x - low) / scale).clamp(0, 1).nan_to_num(0.0).expand(3, -1, -1)
+
+        return grey(pred[None]), grey(target[None]) * valid
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, out_channels={self.out_channels})"
 

@@ -81,6 +81,14 @@ class NormalTask(Task):
     def new_metric(self) -> Metric:
         return AngleMetric() if self.style == "nyuv2" else CosineMetric()
 
+    def render(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unit normals as RGB, (n + 1) / 2; invalid target pixels black."""
+        size = target.shape[-2:]
+        pred = F.normalize(F.interpolate(pred[None].float(), size=size, mode="nearest")[0], dim=0)
+        valid = torch.isfinite(target).all(0)
+        gt = F.normalize(target.float().nan_to_num(0.0), dim=0)
+        return (pred + 1) / 2, (gt + 1) / 2 * valid
+
 
 def _metric_cosine(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine at label resolution in float64: in float32, acos near cos = 1 is off by hundredths of

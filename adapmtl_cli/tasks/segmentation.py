@@ -102,6 +102,14 @@ class SegmentationTask(Task):
             return SegmentationErrorMetric(self.num_classes, self.class_weights)
         return ConfusionMetric(self.num_classes, self.quirks)
 
+    def render(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Classes in a fixed colour map; ignored pixels black."""
+        size = target.shape[-2:]
+        classes = F.interpolate(pred[None].float(), size=size, mode="nearest")[0].argmax(0)
+        palette = class_palette(self.out_channels).to(pred.device)
+        valid = (target >= 0) & (target < self.out_channels)
+        return palette[classes].permute(2, 0, 1), (palette[target.clamp(0, self.out_channels - 1)] * valid[..., None]).permute(2, 0, 1)
+
 
 def _check_class_weights(class_weights, num_classes: int) -> torch.Tensor | None:
     if class_weights is None:
@@ -190,3 +198,16 @@ class SegmentationErrorMetric(Metric):
     def compute(self) -> dict[str, float]:
         state = self.state()
         return {"seg_err": float(safe_ratio(state["loss_sum"], state["weight_sum"]))}
+
+
+def class_palette(num_classes: int) -> torch.Tensor:
+    """Distinct colours per class (the bit-interleaving map of PASCAL VOC), ``[C, 3]`` in [0, 1]."""
+    colours = torch.zeros(num_classes, 3)
+    for index in range(num_classes):
+        value, shift = index, 7
+        while value:
+            for channel in range(3):
+                colours[index, channel] += ((value >> channel) & 1) << shift
+            value >>= 3
+            shift -= 1
+    return colours / 255.0
