@@ -79,7 +79,10 @@ class RunLog:
 
 
 class Trainer:
-    def __init__(self, config: Config, out_dir: Path, *, console=None, resume: bool = False, quiet: bool = False):
+    def __init__(self, config: Config, out_dir: Path, *, console=None, resume: bool = False, quiet: bool = False,
+                 start_weights: dict[str, torch.Tensor] | None = None, masks: dict[str, torch.Tensor] | None = None):
+        """``start_weights`` (plain keys) replace the initial weights (finetuning; thresholds start
+        at sInit); ``masks`` (weight key -> bool keep) hold pruned weights at exactly zero."""
         self.config = config
         self.files = RunFiles(Path(out_dir))
         self.device = dist_utils.local_device(builders.resolve_device(config))
@@ -91,6 +94,8 @@ class Trainer:
 
         self.data = _build_data(config)
         self.model, self.tasks = builders.build_model_and_tasks(config, self.data.class_weights)
+        if start_weights is not None:
+            ckpt.load_plain_weights(self.model, start_weights, "the starting weights")
         self.model.to(self.device)
         if config.train.channels_last:
             self.model.to(memory_format=torch.channels_last)

@@ -156,7 +156,20 @@ def load_model_from_checkpoint(path: Path | str, device: str | torch.device = "c
 
 def load_into_model(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
     """Load a checkpoint's tensors into a model built from its config; mismatches are errors."""
-    state = checkpoint.model_state()
+    load_plain_weights(model, checkpoint.model_state(), str(checkpoint.path))
+    sparsifier = model.sparsifier
+    thresholds = checkpoint.thresholds()
+    values = {}
+    for index, name in enumerate(sparsifier.threshold_names):
+        if name not in thresholds:
+            raise CheckpointError(f"{checkpoint.path}: lacks the threshold of {name!r}")
+        values[f"thresholds.{index}"] = thresholds[name].reshape(())
+    sparsifier.load_state_dict(values, strict=True)
+
+
+def load_plain_weights(model: torch.nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Load a state under plain keys (``conv.weight`` = the raw W) into a possibly parametrized
+    model; thresholds are left as they are. Every key must match in name and shape."""
     target = model.state_dict()
     key_map = {k.replace(".parametrizations.weight.original", ".weight"): k for k in target if not k.startswith("sparsifier.")}
     missing = sorted(set(key_map) - set(state))
@@ -165,7 +178,7 @@ def load_into_model(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
         first = (missing or unexpected)[0]
         what = "lacks" if missing else "has an unexpected"
         raise CheckpointError(
-            f"{checkpoint.path}: does not fit its recorded model: it {what} tensor {first!r} "
+            f"{source}: does not fit its recorded model: it {what} tensor {first!r} "
             f"({len(missing)} missing, {len(unexpected)} unexpected)"
         )
     converted = {}
@@ -173,13 +186,9 @@ def load_into_model(model: torch.nn.Module, checkpoint: Checkpoint) -> None:
         expected = target[key_map[key]]
         if expected.shape != value.shape:
             raise CheckpointError(
-                f"{checkpoint.path}: tensor {key!r} has shape {tuple(value.shape)} but the model expects {tuple(expected.shape)}"
+                f"{source}: tensor {key!r} has shape {tuple(value.shape)} but the model expects {tuple(expected.shape)}"
             )
         converted[key_map[key]] = value
-    sparsifier = model.sparsifier
-    thresholds = checkpoint.thresholds()
-    for index, name in enumerate(sparsifier.threshold_names):
-        if name not in thresholds:
-            raise CheckpointError(f"{checkpoint.path}: lacks the threshold of {name!r}")
-        converted[f"sparsifier.thresholds.{index}"] = thresholds[name].reshape(())
-    model.load_state_dict(converted, strict=True)
+    # Non-strict only for the thresholds (sparsifier.*), which the caller handles; every other
+    # key was matched above.
+    model.load_state_dict(converted, strict=False)
