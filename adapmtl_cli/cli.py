@@ -127,6 +127,71 @@ def _render_summary(summary: dict, run_dir: Path) -> None:
     console.print(f"run directory: [bold]{run_dir}[/]")
 
 
+# -- prune / finetune -----------------------------------------------------------------------
+
+
+@app.command()
+def prune(
+    checkpoint: Path = typer.Argument(..., help="The checkpoint to prune (its effective weights)."),
+    ratio: float = typer.Option(..., "--ratio", help="Fraction of the currently non-zero conv weights to remove, in (0, 1)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The pruned checkpoint (with masks) to write."),
+    method: str = typer.Option("magnitude", "--method", help="magnitude, snip, disparse or random."),
+    scope: str = typer.Option("global", "--scope", help="global, component or layer: where the ratio applies."),
+    steps: int = typer.Option(1, "--steps", help="Prune and finetune in N stages (iterative pruning)."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Data for SNIP/DiSparse scores; synthetic without one."),
+    batches: int = typer.Option(4, "--batches", min=1, help="Batches for SNIP/DiSparse saliency."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the pruned checkpoint's report as JSON on stdout."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="With --steps: key=value overrides of the finetuning runs."),
+) -> None:
+    """Prune a checkpoint once (or in --steps stages with finetuning in between)."""
+    from adapmtl_cli import workflows
+
+    if steps > 1:
+        report = workflows.prune_iteratively(checkpoint, ratio, steps, out, overrides=overrides or [], method=method,
+                                             scope=scope, data_root=data_root, console=_console(), force=force, quiet=as_json)
+    else:
+        if overrides:
+            raise _usage("key=value overrides configure the finetuning of --steps N > 1; none happens with one stage")
+        report = workflows.prune(checkpoint, ratio, out, method=method, scope=scope, data_root=data_root, batches=batches, force=force)
+    _report_file(report, as_json)
+
+
+@app.command()
+def finetune(
+    checkpoint: Path = typer.Argument(..., help="A pruned checkpoint (masks kept) or any checkpoint (re-sparsified)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. sparsity.target=0.9 train.steps=2000."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory [default: runs/<preset>-finetune/<timestamp>]."),
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Training recipe to use instead of the checkpoint's (the network stays the checkpoint's)."),
+    mode: str = typer.Option("auto", "--mode", help="masked (keep the pruning masks), resparsify (thresholds from sInit), or auto."),
+    rewind: Optional[Path] = typer.Option(None, "--rewind", help="Lottery ticket: the run's init.safetensors; survivors restart from it."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing run directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print summary.json on stdout."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
+) -> None:
+    """Finetune a checkpoint: keep a pruned model's masks, or push a model to a higher sparsity."""
+    import time
+
+    from adapmtl_cli import workflows
+
+    run_dir = out or Path("runs") / f"{checkpoint.stem}-finetune" / time.strftime("%Y%m%d-%H%M%S")
+    summary = workflows.finetune(checkpoint, run_dir, overrides=overrides or [], preset=preset, mode=mode, rewind=rewind,
+                                 console=_console(), force=force, quiet=quiet)
+    if not quiet:
+        _render_summary(summary, run_dir)
+    if as_json:
+        _print_json(summary)
+
+
+def _report_file(report: dict, as_json: bool) -> None:
+    if as_json:
+        _print_json(report)
+        return
+    from adapmtl_cli.report.console import sparsity_table
+
+    _console().print(sparsity_table(report, params=report["params"], nonzeros=report["nonzeros"], title=f"{report['file']}"))
+
+
 # -- eval -----------------------------------------------------------------------------------
 
 

@@ -276,3 +276,175 @@ def _fmt(value, signed: bool = False) -> str:
     if value is None:
         return "-"
     return f"{value:+.2f}" if signed else f"{value:.4g}" if abs(value) < 1 else f"{value:.2f}"
+
+
+# -- prune and finetune ---------------------------------------------------------------------
+
+PRUNE_METHODS = ("magnitude", "snip", "disparse", "random")
+PRUNE_SCOPES = ("global", "component", "layer")
+
+
+def dense_copy(path: Path):
+    """A checkpoint's model as a dense (threshold-free) model holding its effective weights, with
+    its masks, if any. Returns ``(model, dense_config, checkpoint)``."""
+    from adapmtl_cli.builders import build_model_and_tasks
+    from adapmtl_cli.engine.sparsity import effective_state_dict
+    from adapmtl_cli.io.checkpoint import load_model_from_checkpoint, load_plain_weights
+
+    model, config, checkpoint = load_model_from_checkpoint(path)
+    dense_config = config.model_copy(deep=True)
+    dense_config.sparsity.enabled = False
+    dense, _ = build_model_and_tasks(dense_config)
+    load_plain_weights(dense, effective_state_dict(model), str(path))
+    masks = checkpoint.masks()
+    if masks:
+        dense.masks = masks
+    return dense.eval(), dense_config, checkpoint
+
+
+def prune(path: Path, ratio: float, out: Path, *, method: str = "magnitude", scope: str = "global",
+          data_root: str | None = None, batches: int = 4, force: bool = False) -> dict:
+    """One-shot pruning of a checkpoint's effective weights; writes a dense checkpoint with masks.
+
+    ``ratio`` is the fraction of the currently non-zero conv weights to remove (REFERENCE.md 10);
+    existing zeros stay pruned. Returns the inspect-style report of the output.
+    """
+    import torch
+
+    from adapmtl_cli.engine.pruning import apply_masks, compute_masks
+    from adapmtl_cli.io.checkpoint import save_checkpoint
+
+    _check_prune_arguments(ratio, method, scope, out, force)
+    model, config, checkpoint = dense_copy(path)
+    sample = None
+    if method in ("snip", "disparse"):
+        sample = _scoring_batches(config, data_root, batches)
+    masks = compute_masks(model, method, ratio, scope, batches=sample, loss_fn=_loss_fn(config),
+                          generator=torch.Generator().manual_seed(config.seed), match_overall=method == "disparse")
+    previous = getattr(model, "masks", {})
+    masks = {key: mask & previous[key] if key in previous else mask for key, mask in masks.items()}
+    apply_masks(model, masks)
+    model.masks = masks
+    report = model.sparsifier.stats().as_report()
+    save_checkpoint(out, model, _config_json(config), checkpoint.step, report)
+    from adapmtl_cli.io.inspect import inspect_file
+
+    return inspect_file(out).as_dict()
+
+
+def _check_prune_arguments(ratio: float, method: str, scope: str, out: Path, force: bool) -> None:
+    if not 0.0 < ratio < 1.0:
+        raise ConfigError(f"--ratio {ratio}: must be in (0, 1), the fraction of the non-zero weights to remove")
+    if method not in PRUNE_METHODS:
+        raise ConfigError(f"--method {method!r}: choose one of {', '.join(PRUNE_METHODS)}")
+    if scope not in PRUNE_SCOPES:
+        raise ConfigError(f"--scope {scope!r}: choose one of {', '.join(PRUNE_SCOPES)}")
+    if Path(out).exists() and not force:
+        raise ConfigError(f"--out {out} exists; pass --force to overwrite it")
+
+
+def _config_json(config: Config) -> str:
+    from adapmtl_cli.config import config_to_json
+
+    return config_to_json(config)
+
+
+def _scoring_batches(config: Config, data_root: str | None, count: int) -> list:
+    """A few training batches for SNIP / DiSparse saliency (the synthetic scenes without a root)."""
+    import itertools
+
+    import torch
+
+    from adapmtl_cli.data import build_datasets
+
+    config, _ = _evaluation_data_config(config, data_root)
+    data = build_datasets(config)
+    loader = torch.utils.data.DataLoader(data.train, batch_size=config.train.batch_size, shuffle=True,
+                                         generator=torch.Generator().manual_seed(config.seed))
+    return list(itertools.islice(loader, count))
+
+
+def _loss_fn(config: Config):
+    from adapmtl_cli.builders import build_tasks
+
+    tasks = build_tasks(config)
+
+    def loss_fn(outputs, targets):
+        return {name: task.loss(outputs[name], targets[name]) for name, task in tasks.items()}
+
+    return loss_fn
+
+
+def finetune(path: Path, out: Path, *, overrides: list[str] = (), preset: str | None = None, mode: str = "auto",
+             rewind: Path | None = None, console=None, force: bool = False, quiet: bool = False) -> dict:
+    """Finetune a checkpoint into a new run directory.
+
+    - ``masked``: a pruned checkpoint (with masks) trains densely with pruned weights held at
+      exactly zero; ``rewind`` (the run's init.safetensors) restores the survivors to their initial
+      values first (lottery ticket).
+    - ``resparsify``: soft-threshold training resumed from the checkpoint's effective weights with
+      thresholds reset to ``sparsity.init`` and a fresh optimizer, towards ``sparsity.target`` (the
+      reference's "from 60% to 90%").
+    ``auto`` picks ``masked`` when the checkpoint has masks.
+    """
+    from adapmtl_cli.config import load_config, validate_config
+    from adapmtl_cli.engine.sparsity import effective_state_dict
+    from adapmtl_cli.engine.trainer import Trainer
+    from adapmtl_cli.io.checkpoint import atomic_write_text, load_model_from_checkpoint, read_checkpoint
+
+    if mode not in ("auto", "masked", "resparsify"):
+        raise ConfigError(f"--mode {mode!r}: choose auto, masked or resparsify")
+    model, config, checkpoint = load_model_from_checkpoint(path)
+    masks = checkpoint.masks()
+    if mode == "auto":
+        mode = "masked" if masks else "resparsify"
+    if mode == "masked" and not masks:
+        from adapmtl_cli.errors import CheckpointError
+
+        raise CheckpointError(f"{path}: has no masks, so it cannot be finetuned with masks kept; prune it first (adapmtl prune) or use --mode resparsify")
+    base = load_config(preset, []) if preset else config
+    raw = base.model_dump(mode="json")
+    raw["tasks"], raw["model"] = config.tasks, config.model.model_dump(mode="json")  # the checkpoint's network
+    raw["sparsity"]["enabled"] = mode == "resparsify"
+    from adapmtl_cli.config import apply_override
+
+    for override in overrides:
+        apply_override(raw, override)
+    new_config = validate_config(raw, source="finetune overrides")
+    start = effective_state_dict(model)
+    if rewind is not None:
+        if mode != "masked":
+            raise ConfigError("--rewind restores the survivors of a pruned model: the checkpoint needs masks")
+        start = read_checkpoint(rewind).model_state()
+    make_run_dir(out, force)
+    atomic_write_text(out / "config.toml", config_to_toml(new_config))
+    trainer = Trainer(new_config, out, console=console, quiet=quiet, start_weights=start, masks=masks if mode == "masked" else None)
+    return trainer.fit()
+
+
+def prune_iteratively(path: Path, ratio: float, stages: int, out: Path, *, overrides: list[str] = (),
+                      method: str = "magnitude", scope: str = "global", data_root: str | None = None,
+                      console=None, force: bool = False, quiet: bool = False) -> dict:
+    """Iterative pruning (IMP): ``stages`` rounds of prune + masked finetune, each removing the
+    same fraction of the remaining weights, so that the last round reaches ``ratio`` of the
+    starting non-zeros. The stage runs are kept next to ``out`` in ``<out>.stages/``."""
+    import shutil
+
+    from adapmtl_cli.engine.pruning import iterative_schedule
+
+    _check_prune_arguments(ratio, method, scope, out, force)
+    if stages < 1:
+        raise ConfigError(f"--steps {stages}: must be at least 1")
+    work = Path(str(out) + ".stages")
+    current = Path(path)
+    for index, stage_ratio in enumerate(iterative_schedule(ratio, stages), start=1):
+        pruned = work / f"stage{index}-pruned.safetensors"
+        work.mkdir(parents=True, exist_ok=True)
+        prune(current, stage_ratio, pruned, method=method, scope=scope, data_root=data_root, force=True)
+        run = work / f"stage{index}-finetune"
+        finetune(pruned, run, overrides=overrides, mode="masked", console=console, force=True, quiet=quiet)
+        current = run / "model.safetensors"
+    shutil.copyfile(current, out)
+    from adapmtl_cli.io.inspect import inspect_file
+
+    return inspect_file(out).as_dict()

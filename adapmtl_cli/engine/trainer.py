@@ -110,6 +110,9 @@ class Trainer:
         self.start_step = 0
         self.best: dict | None = None
         self._stop_signal: int | None = None
+        self.mask_keeper = None
+        if masks:
+            self.attach_masks(masks)
 
         if resume:
             self._resume()
@@ -121,6 +124,15 @@ class Trainer:
         self.tb = TensorBoardLogger(self.files.root if self.main else None)
 
     # -- set-up ------------------------------------------------------------------------------
+
+    def attach_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """Hold pruned weights at exactly zero from now on (gradients, weights, Adam moments)."""
+        from adapmtl_cli.engine.pruning import MaskKeeper
+
+        if self.mask_keeper is not None:
+            self.mask_keeper.remove()
+        self.model.masks = {key: mask.to(self.device) for key, mask in masks.items()}
+        self.mask_keeper = MaskKeeper(self.model, self.model.masks, optimizer=self.optimizer)
 
     def _wrap_ddp(self):
         if not dist_utils.is_distributed():
@@ -236,10 +248,14 @@ class Trainer:
         if check:
             self.controller.observe(float(host[-1]))
         self.controller.after_backward()
+        if self.mask_keeper is not None:
+            self.mask_keeper.after_backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.controller.after_step(step + 1)
+        if self.mask_keeper is not None:
+            self.mask_keeper.after_step(step + 1)
         return {
             "losses": dict(zip(self.tasks, task_losses.tolist())),
             "weights": dict(zip(self.tasks, weights.tolist())),

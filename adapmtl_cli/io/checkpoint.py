@@ -21,6 +21,7 @@ from adapmtl_cli.errors import CheckpointError
 FORMAT = "adapmtl.checkpoint"
 FORMAT_VERSION = "1"
 THRESHOLD_PREFIX = "threshold."
+MASK_PREFIX = "mask."
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -85,7 +86,11 @@ class Checkpoint:
         return {k[len(THRESHOLD_PREFIX):]: v for k, v in self.tensors.items() if k.startswith(THRESHOLD_PREFIX)}
 
     def model_state(self) -> dict[str, Tensor]:
-        return {k: v for k, v in self.tensors.items() if not k.startswith((THRESHOLD_PREFIX, "mask."))}
+        return {k: v for k, v in self.tensors.items() if not k.startswith((THRESHOLD_PREFIX, MASK_PREFIX))}
+
+    def masks(self) -> dict[str, Tensor]:
+        """Keep-masks of pruned layers (weight key -> bool), empty when the model was not pruned."""
+        return {k[len(MASK_PREFIX):]: v.bool() for k, v in self.tensors.items() if k.startswith(MASK_PREFIX)}
 
 
 def checkpoint_tensors(model: torch.nn.Module) -> dict[str, Tensor]:
@@ -96,6 +101,9 @@ def checkpoint_tensors(model: torch.nn.Module) -> dict[str, Tensor]:
     sparsifier = model.sparsifier
     for name, param in zip(sparsifier.threshold_names, sparsifier.thresholds):
         tensors[THRESHOLD_PREFIX + name] = param.detach()
+    # Masks of a pruned model (set by prune / finetune) travel with it.
+    for key, mask in getattr(model, "masks", {}).items():
+        tensors[MASK_PREFIX + key] = mask.to(torch.uint8)
     return tensors
 
 
@@ -151,6 +159,9 @@ def load_model_from_checkpoint(path: Path | str, device: str | torch.device = "c
     config = config_from_json(checkpoint.config_json, source=f"{path} (embedded config)")
     model, tasks = build_model_and_tasks(config)
     load_into_model(model, checkpoint)
+    masks = checkpoint.masks()
+    if masks:
+        model.masks = masks
     return model.to(device).eval(), config, checkpoint
 
 

@@ -65,6 +65,9 @@ def load_training_state(path: Path, trainer) -> tuple[int, dict | None]:
     model_tensors = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     checkpoint = ckpt.Checkpoint(path=Path(path), tensors=model_tensors, metadata=metadata)
     ckpt.load_into_model(trainer.model, checkpoint)
+    masks = checkpoint.masks()
+    if masks:
+        trainer.attach_masks(masks)
 
     optimizer_state = {"state": {}, "param_groups": json.loads(metadata["optimizer_groups"])}
     for key, value in tensors.items():

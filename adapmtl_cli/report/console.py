@@ -8,6 +8,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 stderr_console = Console(stderr=True)
+if not stderr_console.is_terminal:
+    # Logs and CI capture: rich would assume 80 columns and cut the tables' names.
+    stderr_console.width = 120
 
 # Metrics that are fractions are shown in percent, like the paper's tables.
 FRACTION_METRICS = {"miou", "pixel_acc"}
@@ -28,7 +31,7 @@ def training_progress(console: Console | None = None) -> Progress:
     )
 
 
-def sparsity_bar(fraction: float, width: int = 20) -> str:
+def sparsity_bar(fraction: float, width: int = 12) -> str:
     filled = round(fraction * width)
     return "█" * filled + "░" * (width - filled)
 
@@ -36,13 +39,13 @@ def sparsity_bar(fraction: float, width: int = 20) -> str:
 def sparsity_table(report: dict, params: dict[str, int] | None = None, nonzeros: dict[str, int] | None = None, title: str = "Sparsity") -> Table:
     """Per-component sparsity (%), threshold sigmoid(s) and a bar; optionally weights and non-zeros."""
     table = Table(title=title, title_justify="left")
-    table.add_column("component")
+    table.add_column("component", no_wrap=True)
     if params is not None:
-        table.add_column("conv weights", justify="right")
+        table.add_column("weights", justify="right", no_wrap=True)
     if nonzeros is not None:
-        table.add_column("non-zeros", justify="right")
-    table.add_column("sparsity %", justify="right")
-    table.add_column("threshold", justify="right")
+        table.add_column("non-zeros", justify="right", no_wrap=True)
+    table.add_column("sparsity %", justify="right", no_wrap=True)
+    table.add_column("threshold", justify="right", no_wrap=True)
     table.add_column("", no_wrap=True)
     components = report["sparsity"]["components"]
     thresholds = report.get("thresholds", {})
@@ -53,7 +56,7 @@ def sparsity_table(report: dict, params: dict[str, int] | None = None, nonzeros:
         if nonzeros is not None:
             row.append(f"{nonzeros[name]:,}")
         threshold = thresholds.get(name, thresholds.get("global"))
-        row += [f"{100 * fraction:.2f}", "-" if threshold is None else f"{threshold:.3e}", sparsity_bar(fraction)]
+        row += [f"{100 * fraction:.2f}", "-" if threshold is None else f"{threshold:.2e}", sparsity_bar(fraction)]
         table.add_row(*row)
     overall = report["sparsity"]["overall"]
     row = ["[bold]overall"]
