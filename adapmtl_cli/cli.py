@@ -295,6 +295,41 @@ def inspect(
         _console().print(renderable)
 
 
+# -- export ---------------------------------------------------------------------------------
+
+
+@app.command()
+def export(
+    checkpoint: Path = typer.Argument(..., help="An adapmtl checkpoint (.safetensors)."),
+    output_format: str = typer.Option(..., "--format", help="dense (safetensors, plain keys), sparse (bitmask + non-zeros) or program (torch.export)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The file to write."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="fp32, fp16 or bf16: dtype of the stored non-zeros (--format sparse only; default fp32)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the sizes as JSON on stdout."),
+) -> None:
+    """Export a checkpoint with its thresholds folded in: dense weights, a compact sparse file, or a torch.export program."""
+    from adapmtl_cli.io.export import export_checkpoint
+    from adapmtl_cli.report.console import human_size
+
+    result = export_checkpoint(checkpoint, output_format, out, force=force, dtype=dtype)
+    from rich.markup import escape
+
+    console = _console()
+    what = output_format + (f", {result.values_dtype} values" if result.values_dtype else "")
+    lines = [
+        f"checkpoint {escape(str(result.checkpoint))}: {human_size(result.checkpoint_size)} ({result.checkpoint_size:,} bytes)",
+        f"export     {escape(str(result.out))} ({what}): {human_size(result.export_size)} ({result.export_size:,} bytes), "
+        f"{result.export_size / result.checkpoint_size:.3f}x the checkpoint",
+        f"conv weights: {result.nonzeros:,} non-zero of {result.weights:,} ({100 * (1 - result.nonzeros / max(result.weights, 1)):.2f}% sparse)",
+        *(escape(note) for note in result.notes),
+        "[dim]Unstructured sparsity saves storage and memory, not dense-kernel time: dense convs cost the same.[/]",
+    ]
+    for line in lines:
+        console.print(line, soft_wrap=True)
+    if as_json:
+        _print_json(result.as_dict())
+
+
 # -- presets --------------------------------------------------------------------------------
 
 

@@ -84,9 +84,26 @@ def inspect_file(path: Path | str) -> InspectReport:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
+    if _is_export_program(path):
+        raise CheckpointError(f"{path}: a torch.export program (adapmtl export --format program); inspect reads checkpoints "
+                              "and dense or sparse exports: inspect the checkpoint it came from")
     if _looks_like_torch_save(path):
         return _inspect_reference(path)
     return _inspect_safetensors(path)
+
+
+def _is_export_program(path: Path) -> bool:
+    """A ``torch.export`` archive written by ``adapmtl export --format program`` (a zip holding
+    ``<archive>/extra/adapmtl.json``); only the zip directory is read."""
+    import zipfile
+
+    if path.suffix == ".safetensors":
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/extra/adapmtl.json") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def _looks_like_torch_save(path: Path) -> bool:
@@ -111,14 +128,24 @@ def _inspect_safetensors(path: Path) -> InspectReport:
         kind = metadata.get("format", "")
         if not kind.startswith("adapmtl"):
             raise CheckpointError(f"{path}: a safetensors file, but not written by adapmtl (no 'format' metadata)")
+        if "content_sha256" in metadata:  # exports (adapmtl export) carry a checksum of their weights
+            _verify_export_checksum(path, metadata)
         try:
             layer_map = json.loads(metadata["layers"])
+            sparse = json.loads(metadata["sparse"]) if kind == "adapmtl.sparse" else {}
             keys = set(handle.keys())
             thresholds = {
                 name[len("threshold."):]: float(_sigmoid(float(handle.get_tensor(name))))
                 for name in keys if name.startswith("threshold.")
             }
-            layers = [_count_layer(handle, keys, key, info, thresholds, path) for key, info in layer_map.items()]
+            layers = [
+                _count_sparse_layer(handle, keys, key, info, sparse, path) if key in sparse
+                else _count_layer(handle, keys, key, info, thresholds, path)
+                for key, info in layer_map.items()
+            ]
+            if not thresholds and "thresholds_folded" in metadata:
+                # an export: the thresholds are folded into the weights; show what they were
+                thresholds = _json(metadata["thresholds_folded"], {})
         except (KeyError, ValueError) as exc:
             raise CheckpointError(f"{path}: metadata or tensors are inconsistent ({exc}); the file is damaged") from None
     config = _json(metadata.get("config"), {})
@@ -141,6 +168,38 @@ def _count_layer(handle, keys: set[str], key: str, info: dict, thresholds: dict[
         threshold = thresholds[threshold_name]
         zeros = int(np.count_nonzero(np.abs(weight) <= np.float32(threshold)))
     return LayerInfo(key=key, component=info["component"], params=int(weight.size), zeros=zeros, threshold=threshold)
+
+
+def _count_sparse_layer(handle, keys: set[str], key: str, info: dict, sparse: dict, path: Path) -> LayerInfo:
+    """A weight of a sparse export (adapmtl export --format sparse): zeros = numel - popcount of
+    its bitmask (numpy.packbits order, padding bits zero), checked against the stored values."""
+    mask_key, values_key = f"bitmask.{key}", f"values.{key}"
+    if mask_key not in keys or values_key not in keys:
+        raise CheckpointError(f"{path}: metadata lists {key!r} but the file has no bitmask or values for it")
+    params = int(np.prod(sparse[key]["shape"], dtype=np.int64))
+    bitmask = handle.get_tensor(mask_key)
+    if bitmask.dtype != np.uint8 or bitmask.size != (params + 7) // 8:
+        raise CheckpointError(f"{path}: the bitmask of {key!r} does not fit its shape {sparse[key]['shape']}; the file is damaged")
+    nonzeros = int(np.bitwise_count(bitmask).sum(dtype=np.int64))
+    stored = int(np.prod(handle.get_slice(values_key).get_shape(), dtype=np.int64))
+    if nonzeros != stored:
+        raise CheckpointError(f"{path}: the bitmask of {key!r} marks {nonzeros} non-zeros but {stored} values are stored; the file is damaged")
+    return LayerInfo(key=key, component=info["component"], params=params, zeros=params - nonzeros, threshold=None)
+
+
+def _verify_export_checksum(path: Path, metadata: dict) -> None:
+    """SHA-256 of the data section (after the 8-byte length and the JSON header), as written by
+    adapmtl export; read through a memory map so large files are not copied."""
+    import hashlib
+    import mmap
+    import struct
+
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        (length,) = struct.unpack("<Q", data[:8])
+        with memoryview(data) as view, view[8 + length:] as body:
+            digest = hashlib.sha256(body).hexdigest()
+    if digest != metadata["content_sha256"]:
+        raise CheckpointError(f"{path}: the weights do not match the file's checksum (content_sha256); the file is damaged, export it again")
 
 
 def _json(text: str | None, default):
