@@ -3,7 +3,6 @@ code, no traceback, nothing half-written."""
 
 import errno
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest

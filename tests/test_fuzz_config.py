@@ -6,7 +6,7 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adapmtl_cli.config import all_keys, apply_override, config_to_toml, load_config, tomllib, validate_config
+from adapmtl_cli.config import all_keys, config_to_toml, load_config, tomllib, validate_config
 from adapmtl_cli.errors import ConfigError
 
 scalars = st.one_of(st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False),

@@ -7,7 +7,6 @@ import sys
 import textwrap
 
 import numpy as np
-import pytest
 from safetensors.numpy import load_file
 
 from adapmtl_cli.cli import main

@@ -6,8 +6,10 @@ are flushed to disk, then renamed over the target, so a crash never leaves a hal
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,11 +52,33 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str]) -> None:
-    from safetensors.torch import save
-
+    """Atomically write a safetensors file whose metadata carries the SHA-256 of its weights."""
     # safetensors wants contiguous CPU tensors that share no memory.
     prepared = {key: value.detach().to("cpu").contiguous().clone() for key, value in tensors.items()}
-    atomic_write_bytes(Path(path), save(prepared, metadata=metadata))
+    atomic_write_bytes(Path(path), safetensors_with_checksum(prepared, metadata))
+
+
+def data_section_sha256(data: bytes | memoryview) -> str:
+    """SHA-256 of a safetensors file's data section (after the 8-byte length and the header)."""
+    (length,) = struct.unpack("<Q", bytes(data[:8]))
+    return hashlib.sha256(memoryview(data)[8 + length:]).hexdigest()
+
+
+def verify_checksum(path: Path, data: bytes | memoryview, metadata: dict[str, str]) -> None:
+    """A bit flip in the weights changes the data section's hash: refuse such a file."""
+    expected = metadata.get("content_sha256")
+    if expected is not None and data_section_sha256(data) != expected:
+        raise CheckpointError(f"{path}: the weights do not match the file's checksum (content_sha256); the file is damaged")
+
+
+def safetensors_with_checksum(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes:
+    """safetensors bytes whose metadata holds the SHA-256 of the data section. The data section
+    does not depend on the metadata, so it is hashed from a first serialisation."""
+    from safetensors.torch import save
+
+    prepared = {key: value.detach().to("cpu").contiguous() for key, value in tensors.items()}
+    digest = data_section_sha256(save(prepared, metadata=metadata))
+    return save(prepared, metadata=dict(metadata, content_sha256=digest))
 
 
 @dataclass
@@ -133,18 +157,26 @@ def read_checkpoint(path: Path | str) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as exc:  # safetensors raises its own error types for every kind of corruption
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({reason}); is the file complete?") from None
+    tensors, metadata = read_safetensors_verified(path)
     if metadata.get("format", "").split(".")[0] != "adapmtl":
         raise CheckpointError(f"{path}: a safetensors file, but not an adapmtl checkpoint (no 'format' metadata)")
     return Checkpoint(path=path, tensors=tensors, metadata=metadata)
+
+
+def read_safetensors_verified(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file, its checksum verified; faults are CheckpointErrors."""
+    from safetensors.torch import load
+
+    data = Path(path).read_bytes()
+    try:
+        tensors = load(data)
+        (length,) = struct.unpack("<Q", data[:8])
+        metadata = json.loads(data[8:8 + length]).get("__metadata__") or {}
+    except Exception as exc:  # safetensors raises its own error types for every kind of corruption
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({reason}); is the file complete?") from None
+    verify_checksum(path, data, metadata)
+    return tensors, metadata
 
 
 def load_model_from_checkpoint(path: Path | str, device: str | torch.device = "cpu"):

@@ -40,11 +40,9 @@ Every file is written atomically: an error never leaves a partial file.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,6 +52,7 @@ from torch import Tensor
 
 import adapmtl_cli
 from adapmtl_cli.errors import CheckpointError, ConfigError
+from adapmtl_cli.io.checkpoint import safetensors_with_checksum as _safetensors_with_checksum
 
 FORMATS = ("dense", "sparse", "program")
 DENSE_FORMAT = "adapmtl.dense"
@@ -339,46 +338,12 @@ def read_sparse_export(path: Path | str) -> dict[str, Tensor]:
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such export file")
-    data = path.read_bytes()
-    from safetensors.torch import load
+    from adapmtl_cli.io.checkpoint import read_safetensors_verified
 
-    try:
-        tensors = load(data)
-        metadata = _header(data).get("__metadata__") or {}
-    except Exception as exc:  # noqa: BLE001 - safetensors has its own error types for every corruption
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable safetensors file ({reason}); is the file complete?") from None
-    verify_checksum(path, data, metadata)
-    return tensors, metadata
+    return read_safetensors_verified(path)
 
 
 # -- checksums -------------------------------------------------------------------------------
 
 
-def _header(data: bytes) -> dict:
-    (length,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8:8 + length])
 
-
-def data_section_sha256(data: bytes | memoryview) -> str:
-    """SHA-256 of a safetensors file's data section (after the 8-byte length and the header)."""
-    (length,) = struct.unpack("<Q", bytes(data[:8]))
-    return hashlib.sha256(memoryview(data)[8 + length:]).hexdigest()
-
-
-def verify_checksum(path: Path, data: bytes | memoryview, metadata: dict[str, str]) -> None:
-    expected = metadata.get("content_sha256")
-    if expected is not None and data_section_sha256(data) != expected:
-        raise CheckpointError(f"{path}: the weights do not match the file's checksum (content_sha256); the file is damaged, export it again")
-
-
-def _safetensors_with_checksum(tensors: dict[str, Tensor], metadata: dict[str, str]) -> bytes:
-    """safetensors bytes whose metadata holds the SHA-256 of the data section. The data section
-    does not depend on the metadata, so it is hashed from a first serialisation."""
-    from safetensors.torch import save
-
-    prepared = {key: value.detach().to("cpu").contiguous() for key, value in tensors.items()}
-    first = save(prepared, metadata=metadata)
-    digest = data_section_sha256(first)
-    del first
-    return save(prepared, metadata=dict(metadata, content_sha256=digest))

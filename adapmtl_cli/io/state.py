@@ -44,16 +44,9 @@ def save_training_state(path: Path, trainer, step: int) -> None:
 
 
 def _read(path: Path) -> tuple[dict, dict]:
-    from safetensors import safe_open
-
     if not path.is_file():
         raise CheckpointError(f"{path}: no training state to resume from; was the run started with this --out?")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as exc:
-        raise CheckpointError(f"{path}: unreadable training state ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    tensors, metadata = ckpt.read_safetensors_verified(path)
     if metadata.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not an adapmtl training state")
     return tensors, metadata
