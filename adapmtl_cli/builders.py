@@ -78,12 +78,7 @@ def build_controller(config: Config, sparsifier):
     from adapmtl_cli.engine.sparsity import FreezeController, ScheduleController
 
     sparsity = config.sparsity
-    if sparsity.control == "schedule":
-        return ScheduleController(sparsifier, sparsity.target, config.train.steps, sparsity.schedule_start,
-                                  sparsity.schedule_end, sparsity.check_every, seed=config.seed)
-
-    names = config.sparsity.freeze_only
-    unknown = [n for n in names if n not in sparsifier.threshold_names]
+    unknown = [n for n in sparsity.freeze_only if n not in sparsifier.threshold_names]
     if unknown and sparsifier.enabled:
         from adapmtl_cli.errors import ConfigError
 
@@ -91,7 +86,10 @@ def build_controller(config: Config, sparsifier):
             f"sparsity.freeze_only names {unknown[0]!r}, which is no threshold of this model; "
             f"valid: {', '.join(sparsifier.threshold_names)}"
         )
-    return FreezeController(sparsifier, config.sparsity.target, config.sparsity.check_every, names)
+    if sparsity.control == "schedule":
+        return ScheduleController(sparsifier, sparsity.target, config.train.steps, sparsity.schedule_start,
+                                  sparsity.schedule_end, sparsity.check_every, seed=config.seed)
+    return FreezeController(sparsifier, sparsity.target, sparsity.check_every, sparsity.freeze_only)
 
 
 def resolve_device(config: Config) -> torch.device:

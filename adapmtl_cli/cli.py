@@ -394,24 +394,36 @@ def _usage(message: str):
     return ConfigError(message)
 
 
+def _click_exceptions() -> tuple[tuple, tuple, tuple]:
+    """(Exit, ClickException, Abort) classes of click and of the click that typer vendors."""
+    modules = []
+    for name in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            modules.append(__import__(name, fromlist=["ClickException"]))
+        except ImportError:
+            pass
+    exits = tuple(m.Exit for m in modules if hasattr(m, "Exit")) + (typer.Exit,)
+    errors = tuple(m.ClickException for m in modules if hasattr(m, "ClickException"))
+    aborts = tuple(m.Abort for m in modules if hasattr(m, "Abort")) + ((typer.Abort,) if hasattr(typer, "Abort") else ())
+    return exits, errors, aborts
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; every expected failure becomes one line on stderr and its exit code."""
-    import click
-
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    exits, click_errors, aborts = _click_exceptions()
     try:
         result = app(args=args, prog_name="adapmtl", standalone_mode=False)
         code = result if isinstance(result, int) else 0
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
+    except exits as exc:
+        code = getattr(exc, "exit_code", 0)
+    except click_errors as exc:
+        context = getattr(exc, "ctx", None)
+        command = context.command_path if context is not None else "adapmtl"
+        sys.stderr.write(f"adapmtl: error: {exc.format_message()} (see `{command} --help`)\n")
         code = 2
-    except click.exceptions.Abort:
-        sys.stderr.write("adapmtl: interrupted\n")
-        code = 130
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, *aborts):
         sys.stderr.write("adapmtl: interrupted\n")
         code = 130
     except Exception as exc:  # noqa: BLE001 - the one place that turns errors into exit codes

@@ -104,7 +104,7 @@ class SparsityConfig(Section):
     # "freeze": the reference's stop rule. "schedule": thresholds rescaled so that the overall
     # sparsity follows a cubic plan from schedule_start to schedule_end (fractions of the run)
     # and lands on the target; components still learn how to share it.
-    control: Literal["freeze", "schedule"] = "freeze"
+    control: Literal["freeze", "schedule"] = "schedule"
     schedule_start: float = Field(0.1, ge=0.0, lt=1.0)
     schedule_end: float = Field(0.7, gt=0.0, le=1.0)
     # How often (in steps) the stop rule re-counts sparsity. 1 = every step, as the reference.

@@ -229,7 +229,7 @@ def load_plain_weights(model: torch.nn.Module, state: dict[str, Tensor], source:
         expected = target[key_map[key]]
         if expected.shape != value.shape:
             raise CheckpointError(
-                f"{source}: tensor {key!r} has shape {tuple(value.shape)} but the model expects {tuple(expected.shape)}"
+                f"{source}: does not fit its recorded model: tensor {key!r} has shape {tuple(value.shape)}, the model {tuple(expected.shape)}"
             )
         converted[key_map[key]] = value
     # Non-strict only for the thresholds (sparsifier.*), which the caller handles; every other
