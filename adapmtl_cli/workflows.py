@@ -56,7 +56,20 @@ def train(config: Config, out: Path, *, console=None, force: bool = False, quiet
         make_run_dir(out, force)
         atomic_write_text(out / "config.toml", config_to_toml(config))
     trainer = Trainer(config, out, console=console, quiet=quiet)
-    return trainer.fit()
+    return _fit_and_leave(trainer)
+
+
+def _fit_and_leave(trainer) -> dict:
+    """Run the trainer; under torchrun, leave the process group cleanly whatever happens (a
+    barrier first only on success: after a failure another rank may never reach it)."""
+    from adapmtl_cli.engine import distributed
+
+    try:
+        summary = trainer.fit()
+        distributed.barrier()
+        return summary
+    finally:
+        distributed.shutdown()
 
 
 def resume(run_dir: Path, *, console=None, quiet: bool = False) -> dict:
@@ -68,7 +81,7 @@ def resume(run_dir: Path, *, console=None, quiet: bool = False) -> dict:
         raise ConfigError(f"--resume {run_dir}: no config.toml there; is it an adapmtl run directory?")
     config = load_config(str(config_path))
     trainer = Trainer(config, run_dir, console=console, resume=True, quiet=quiet)
-    return trainer.fit()
+    return _fit_and_leave(trainer)
 
 
 def _is_rank_zero_env() -> bool:

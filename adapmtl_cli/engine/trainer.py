@@ -97,6 +97,10 @@ class Trainer:
         if start_weights is not None:
             ckpt.load_plain_weights(self.model, start_weights, "the starting weights")
         self.model.to(self.device)
+        if dist_utils.is_distributed() and self.device.type == "cuda":
+            # Batch statistics over the global batch, as one process would compute them (gloo on
+            # the CPU has no SyncBatchNorm: there each process normalises its own share).
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         if config.train.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.sparsifier = self.model.sparsifier
@@ -289,7 +293,21 @@ class Trainer:
             self.tb.sparsity(done, stats, {l.key: l.component for l in layers}, {l.key: l.threshold for l in layers},
                              with_layers=done % layer_every == 0)
 
+    def _check_ranks_agree(self, done: int) -> None:
+        """Under DDP every rank must hold the same weights and thresholds; a silent divergence
+        would make the stop rule and the weighting decide differently per rank."""
+        if not dist_utils.is_distributed():
+            return
+        with torch.no_grad():
+            fingerprint = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).sum().view(1).cpu()
+        gathered = [torch.zeros(1, dtype=torch.float64) for _ in range(dist_utils.world_size())]
+        torch.distributed.all_gather_object(gathered, fingerprint)
+        if any(not torch.equal(g, gathered[0]) for g in gathered):
+            raise RuntimeError(f"ranks disagree at step {done}: parameter fingerprints {[float(g) for g in gathered]}")
+        self.log(f"step {done}: all {len(gathered)} ranks hold identical parameters (fingerprint {float(gathered[0]):.10e})")
+
     def _validate(self, done: int) -> None:
+        self._check_ranks_agree(done)
         config = self.config
         split = self.data.test if config.train.select_on == "test" else self.data.val
         samples = {}
