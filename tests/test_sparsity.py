@@ -172,3 +172,25 @@ def test_dense_models_are_counted_without_thresholds():
     assert len(model.sparsifier.thresholds) == 0
     assert stats.components["head.a"] == 1.0
     assert stats.overall == pytest.approx(2 / 14)
+
+
+def test_fused_soft_shrink_matches_the_formula_through_autograd():
+    """A second implementation: autograd through sign(W) * relu(|W| - sigmoid(s))."""
+    from adapmtl_cli.engine.sparsity import SoftShrink
+
+    torch.manual_seed(0)
+    weight = torch.randn(64, 32, 3, 3)
+    upstream = torch.randn_like(weight)
+    s = torch.tensor(-0.5)
+    results = []
+    for fused in (True, False):
+        w = weight.clone().requires_grad_(True)
+        s_ = s.clone().requires_grad_(True)
+        t = torch.sigmoid(s_)
+        out = SoftShrink.apply(w, t) if fused else torch.sign(w) * torch.relu(w.abs() - t)
+        (out * upstream).sum().backward()
+        results.append((out.detach(), w.grad, s_.grad))
+    (out_a, gw_a, gs_a), (out_b, gw_b, gs_b) = results
+    assert torch.allclose(out_a, out_b, atol=1e-7)
+    assert torch.equal(gw_a, gw_b)
+    assert gs_a.item() == pytest.approx(gs_b.item(), rel=1e-4)
