@@ -88,7 +88,7 @@ def build_controller(config: Config, sparsifier):
         )
     if sparsity.control == "schedule":
         return ScheduleController(sparsifier, sparsity.target, config.train.steps, sparsity.schedule_start,
-                                  sparsity.schedule_end, sparsity.check_every, seed=config.seed,
+                                  sparsity.schedule_end, sparsity.schedule_every, seed=config.seed,
                                   report_every=config.train.log_every)
     return FreezeController(sparsifier, sparsity.target, sparsity.check_every, sparsity.freeze_only)
 

@@ -106,6 +106,8 @@ class SparsityConfig(Section):
     # and lands on the target; components still learn how to share it.
     control: Literal["freeze", "schedule"] = "schedule"
     schedule_start: float = Field(0.1, ge=0.0, lt=1.0)
+    # Steps between two re-scalings by the schedule controller (and always at the last step).
+    schedule_every: int = Field(10, ge=1)
     schedule_end: float = Field(0.7, gt=0.0, le=1.0)
     # How often (in steps) the stop rule re-counts sparsity. 1 = every step, as the reference.
     check_every: int = Field(1, ge=1)

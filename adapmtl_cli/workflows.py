@@ -169,6 +169,9 @@ def _evaluation_data_config(config: Config, data_root: str | None) -> tuple[Conf
     if data_root is not None:
         config.data.root = data_root
     if config.data.source != "synthetic" and not config.data.root:
+        from adapmtl_cli.builders import num_classes
+
+        config.data.num_classes = num_classes(config)  # the model's classes, before the source changes
         config.data.source = "synthetic"
         return config, "synthetic scenes (no data root given; pass --data-root for the real dataset)"
     if config.data.source == "synthetic":

@@ -19,6 +19,7 @@ from torch import Tensor
 
 import adapmtl_cli
 from adapmtl_cli.errors import CheckpointError
+from adapmtl_cli.io.formats import is_torch_save_file
 
 FORMAT = "adapmtl.checkpoint"
 FORMAT_VERSION = "1"
@@ -187,6 +188,8 @@ def load_model_from_checkpoint(path: Path | str, device: str | torch.device = "c
     from adapmtl_cli.builders import build_model_and_tasks
     from adapmtl_cli.config import config_from_json
 
+    if is_torch_save_file(Path(path)):
+        return _load_reference_model(Path(path), device)
     checkpoint = read_checkpoint(path)
     config = config_from_json(checkpoint.config_json, source=f"{path} (embedded config)")
     model, tasks = build_model_and_tasks(config)
@@ -235,3 +238,21 @@ def load_plain_weights(model: torch.nn.Module, state: dict[str, Tensor], source:
     # Non-strict only for the thresholds (sparsifier.*), which the caller handles; every other
     # key was matched above.
     model.load_state_dict(converted, strict=False)
+
+
+def _load_reference_model(path: Path, device):
+    """A reference AdapMTL checkpoint as an adapmtl model, through the restricted importer."""
+    from adapmtl_cli.builders import build_model_and_tasks
+    from adapmtl_cli.config import config_to_json
+    from adapmtl_cli.io.reference import load_reference_checkpoint, reference_config
+
+    reference = load_reference_checkpoint(path)
+    config = reference_config(reference)
+    model, _ = build_model_and_tasks(config)
+    tensors = dict(reference.state_dict)
+    tensors.update({THRESHOLD_PREFIX + name: value for name, value in reference.thresholds.items()})
+    checkpoint = Checkpoint(path=path, tensors=tensors,
+                            metadata={"format": "reference.adapmtl", "config": config_to_json(config),
+                                      "step": str(reference.step or 0), "tasks": json.dumps(reference.tasks)})
+    load_into_model(model, checkpoint)
+    return model.to(device).eval(), config, checkpoint

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from adapmtl_cli.errors import CheckpointError
+from adapmtl_cli.io.formats import is_torch_save_file
 
 
 @dataclass
@@ -87,7 +88,7 @@ def inspect_file(path: Path | str) -> InspectReport:
     if _is_export_program(path):
         raise CheckpointError(f"{path}: a torch.export program (adapmtl export --format program); inspect reads checkpoints "
                               "and dense or sparse exports: inspect the checkpoint it came from")
-    if _looks_like_torch_save(path):
+    if is_torch_save_file(path):
         return _inspect_reference(path)
     return _inspect_safetensors(path)
 
@@ -104,15 +105,6 @@ def _is_export_program(path: Path) -> bool:
             return any(name.endswith("/extra/adapmtl.json") for name in archive.namelist())
     except (zipfile.BadZipFile, OSError):
         return False
-
-
-def _looks_like_torch_save(path: Path) -> bool:
-    """A reference ``.model`` file: torch.save's zip archive (or an old raw pickle)."""
-    if path.suffix == ".safetensors":
-        return False
-    with open(path, "rb") as handle:
-        head = handle.read(2)
-    return path.suffix in (".model", ".pt", ".pth") or head == b"PK" or head[:1] == b"\x80"
 
 
 def _inspect_safetensors(path: Path) -> InspectReport:

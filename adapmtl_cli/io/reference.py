@@ -13,7 +13,6 @@ threshold (``...conv1.sparseThreshold``) collapse into one value per component.
 
 from __future__ import annotations
 
-import copyreg
 import pickle
 import types
 from collections import OrderedDict
@@ -64,8 +63,13 @@ def _reconstructor(cls, base, state):
     return cls.__new__(cls)
 
 
+# Protocol-2 pickles name some modules by their Python 2 names.
+_PY2_MODULES = {"__builtin__": "builtins", "copy_reg": "copyreg"}
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
+        module = _PY2_MODULES.get(module, module)
         if (module, name) in _ALLOWED:
             allowed = _ALLOWED[(module, name)]
             return allowed if allowed is not None else getattr(__import__(module, fromlist=[name]), name)
@@ -169,4 +173,7 @@ def reference_config(reference: ReferenceCheckpoint):
     dataset = "taskonomy" if len(reference.tasks) == 5 else "nyuv2"
     config = load_config(f"{dataset}-{suffix}")
     config.tasks = reference.tasks
+    first_head = f"heads.{reference.tasks[0]}.fc1.conv1.weight" if reference.tasks else None
+    if first_head in reference.state_dict:  # the paper's 1024, unless the file says otherwise
+        config.model.head_hidden = int(reference.state_dict[first_head].shape[0])
     return config
