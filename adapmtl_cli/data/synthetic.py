@@ -176,9 +176,10 @@ class SyntheticScenes(Dataset):
         smooth = F.conv2d(boundary[None, None], kernel[None, None], padding=1)[0]
         return smooth[0].clamp(0, 1)
 
-    def __getitem__(self, index: int):
-        if not 0 <= index < self.size:
-            raise IndexError(index)
+    def __getitem__(self, key: int):
+        if key < 0:
+            raise IndexError(key)
+        index = key % self.size  # a sampler's key is epoch * size + index (engine/sampling.py)
         g = torch.Generator().manual_seed(_item_seed(self.seed, self.split, index))
         objects, nearest, depth, normals, seg, tint = self._render(g)
         points = self.rays * (depth / self.rays[..., 2]).unsqueeze(-1)

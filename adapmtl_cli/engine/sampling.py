@@ -1,7 +1,7 @@
 """Deterministic, resumable batch order.
 
-The sample index of global position p (p = step * global_batch + k) is a pure function of the
-seed and p: epoch e = p // n uses a permutation drawn from a generator seeded with (seed, e). So a
+The sample key of global position p (p = step * global_batch + k) is a pure function of the
+seed and p (key = epoch * n + index): epoch e = p // n uses a permutation drawn from a generator seeded with (seed, e). So a
 run resumed at step k sees exactly the batches the uninterrupted run would have seen, with no
 iterator state to save, and under data parallelism rank r takes positions r, r + world, ... of each
 global batch, so N processes see the same global batches as one process.
@@ -32,7 +32,10 @@ class ResumableBatchSampler(Sampler[list[int]]):
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._permutation = torch.randperm(self.n, generator=generator)
             self._epoch = epoch
-        return int(self._permutation[offset])
+        # A sample key, not a bare index: datasets read the index as key % size and may seed
+        # their augmentation with the whole key, so each epoch augments differently yet
+        # reproducibly, whichever worker or resumed process draws it.
+        return epoch * self.n + int(self._permutation[offset])
 
     def __iter__(self):
         step = self.start_step

@@ -1,0 +1,104 @@
+"""Data-parallel scaling of the demo on the CPU (1 vs 2 gloo processes) and the cost of resuming.
+
+Both runs train the demo with the same global batch for the same number of steps; the script
+reads each run's training time from its log (first to last step, no start-up) and prints steps
+per second side by side. Resume overhead: a run stopped halfway and resumed, against the same run
+straight through, wall clock of the whole command including start-up.
+
+    python benchmarks/ddp_scaling.py [--steps 200] [--write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from steptime import append_results
+
+COMMON = ["--quiet", "train.batch_size=32", "data.train_size=2048", "data.val_size=32", "data.test_size=32"]
+
+
+def log_seconds(run: Path) -> float:
+    """Seconds between the 'training' line and the last validation line of log.txt."""
+    stamps = []
+    for line in (run / "log.txt").read_text().splitlines():
+        stamp = datetime.strptime(line[:19], "%Y-%m-%d %H:%M:%S")
+        if " training " in line or ": val loss " in line:
+            stamps.append(stamp)
+    return (stamps[-1] - stamps[0]).total_seconds()
+
+
+def adapmtl(*args: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "adapmtl_cli", *args], check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def resume_overhead(tmp: Path, steps: int) -> tuple[float, float, float]:
+    """Seconds of a straight run, of the same run stopped at half, and of its resumption."""
+    from adapmtl_cli import workflows
+    from adapmtl_cli.config import load_config
+    from adapmtl_cli.engine.trainer import Trainer
+    from adapmtl_cli.errors import Interrupted
+
+    config = load_config("demo", [o for o in COMMON if "=" in o] + [f"train.steps={steps}", f"train.val_every={steps}"])
+    start = time.perf_counter()
+    workflows.train(config, tmp / "straight", quiet=True)
+    straight = time.perf_counter() - start
+
+    original = Trainer.train_step
+
+    def stop_at_half(self, step, image, targets):
+        record = original(self, step, image, targets)
+        if step + 1 == steps // 2:
+            self._stop_signal = 15  # what SIGTERM's handler records
+        return record
+
+    Trainer.train_step = stop_at_half
+    start = time.perf_counter()
+    try:
+        workflows.train(config, tmp / "split", quiet=True)
+    except Interrupted:
+        pass
+    finally:
+        Trainer.train_step = original
+    interrupted = time.perf_counter() - start
+    start = time.perf_counter()
+    workflows.resume(tmp / "split", quiet=True)
+    return straight, interrupted, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--write", action="store_true")
+    args = parser.parse_args()
+    steps = [f"train.steps={args.steps}", f"train.val_every={args.steps}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        one = adapmtl("train", "--out", str(tmp / "one"), *COMMON, *steps)
+        two = adapmtl("train", "--nproc", "2", "--out", str(tmp / "two"), *COMMON, *steps)
+        rate_one = args.steps / log_seconds(tmp / "one")
+        rate_two = args.steps / log_seconds(tmp / "two")
+        straight, interrupted, resumed = resume_overhead(tmp, args.steps)
+    lines = [f"### Data-parallel scaling and resume overhead (demo, {args.steps} steps, global batch 32, CPU)", "",
+             "| processes | steps / s (training loop) | wall clock of the command (s) | speed-up |", "|---|---|---|---|",
+             f"| 1 | {rate_one:.2f} | {one:.1f} | 1.00x |",
+             f"| 2 (gloo) | {rate_two:.2f} | {two:.1f} | {rate_two / rate_one:.2f}x |", "",
+             "| run (in one process, start-up excluded) | seconds |", "|---|---|",
+             f"| straight through | {straight:.2f} |",
+             f"| stopped at half (state saved) + resumed to the end | {interrupted:.2f} + {resumed:.2f} = {interrupted + resumed:.2f} |",
+             f"| resume overhead | {interrupted + resumed - straight:+.2f} ({(interrupted + resumed) / straight - 1:+.1%}) |"]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.write:
+        append_results(text)
+
+
+if __name__ == "__main__":
+    main()
