@@ -425,3 +425,22 @@ def test_usage_errors_exit_2(checkpoint, tmp_path, capsys, args, needle):
     err = assert_one_line_error(capsys, main(["export", str(checkpoint), *args, "--out", str(out)]), 2)
     assert needle in err
     assert not out.exists()
+
+
+def test_eval_reads_sparse_and_dense_exports_like_their_checkpoint(tmp_path, capsys):
+    """The metrics of an export equal those of the checkpoint it came from (same weights)."""
+    from adapmtl_cli.cli import main as cli
+
+    checkpoint = tmp_path / "model.safetensors"
+    make_checkpoint(checkpoint)
+    assert cli(["eval", str(checkpoint), "--json"]) == 0
+    reference = json.loads(capsys.readouterr().out)
+    for output_format in ("sparse", "dense"):
+        exported = tmp_path / f"model-{output_format}.safetensors"
+        assert cli(["export", str(checkpoint), "--format", output_format, "--out", str(exported)]) == 0
+        capsys.readouterr()
+        assert cli(["eval", str(exported), "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        for task, values in reference["metrics"].items():
+            assert result["metrics"][task] == pytest.approx(values, rel=1e-5), (output_format, task)
+        assert result["sparsity"]["overall"] == pytest.approx(reference["sparsity"]["overall"])

@@ -191,6 +191,8 @@ def load_model_from_checkpoint(path: Path | str, device: str | torch.device = "c
     if is_torch_save_file(Path(path)):
         return _load_reference_model(Path(path), device)
     checkpoint = read_checkpoint(path)
+    if checkpoint.metadata.get("format") in ("adapmtl.dense", "adapmtl.sparse"):
+        return _load_export_model(checkpoint, device)
     config = config_from_json(checkpoint.config_json, source=f"{path} (embedded config)")
     model, tasks = build_model_and_tasks(config)
     load_into_model(model, checkpoint)
@@ -255,4 +257,17 @@ def _load_reference_model(path: Path, device):
                             metadata={"format": "reference.adapmtl", "config": config_to_json(config),
                                       "step": str(reference.step or 0), "tasks": json.dumps(reference.tasks)})
     load_into_model(model, checkpoint)
+    return model.to(device).eval(), config, checkpoint
+
+
+def _load_export_model(checkpoint: Checkpoint, device):
+    """A dense or sparse export as a dense model (its weights are already the effective ones)."""
+    from adapmtl_cli.config import config_from_json
+    from adapmtl_cli.io.export import dense_model, read_export
+
+    state, _ = read_export(checkpoint.path)
+    config = config_from_json(checkpoint.config_json, source=f"{checkpoint.path} (embedded config)")
+    model = dense_model(config, state)
+    config = config.model_copy(deep=True)
+    config.sparsity.enabled = False  # the model it describes now: thresholds folded in
     return model.to(device).eval(), config, checkpoint
