@@ -193,20 +193,7 @@ def delta_against(metrics: dict, baseline: Path, tasks: dict, **eval_options) ->
 
 def load_metrics(path: Path, **eval_options) -> dict:
     """Metrics from an eval/summary JSON, or by evaluating a checkpoint."""
-    import json
-
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--baseline {path}: no such file")
-    if path.suffix == ".json":
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ConfigError(f"--baseline {path}: not valid JSON; pass an eval --json output or a checkpoint") from None
-        if not isinstance(document, dict) or not isinstance(document.get("metrics"), dict):
-            raise ConfigError(f"--baseline {path}: no 'metrics' object; pass an eval --json output or a checkpoint")
-        return document["metrics"]
-    return evaluate_checkpoint(path, **eval_options)["metrics"]
+    return _result_of(path, label="--baseline ", **eval_options)["metrics"]
 
 
 # -- compare --------------------------------------------------------------------------------
@@ -249,21 +236,22 @@ def metric_directions(task_names: list[str]) -> dict[str, dict[str, bool]]:
     return directions
 
 
-def _result_of(path: Path, **eval_options) -> dict:
+def _result_of(path: Path, label: str = "", **eval_options) -> dict:
+    """An eval result: read from an eval/summary JSON, or made by evaluating a checkpoint."""
     import json
 
     path = Path(path)
-    if path.suffix == ".json":
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such file")
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ConfigError(f"{path}: not valid JSON; pass eval --json outputs or checkpoints") from None
-        if not isinstance(document, dict) or not isinstance(document.get("metrics"), dict):
-            raise ConfigError(f"{path}: no 'metrics' object; pass eval --json outputs or checkpoints")
-        return document
-    return evaluate_checkpoint(path, **eval_options)
+    if not path.is_file():
+        raise ConfigError(f"{label}{path}: no such file")
+    if path.suffix != ".json":
+        return evaluate_checkpoint(path, **eval_options)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ConfigError(f"{label}{path}: not valid JSON; pass an eval --json output or a checkpoint") from None
+    if not isinstance(document, dict) or not isinstance(document.get("metrics"), dict):
+        raise ConfigError(f"{label}{path}: no 'metrics' object; pass an eval --json output or a checkpoint")
+    return document
 
 
 def comparison_columns(comparison: dict) -> tuple[list[str], list[list[str]]]:

@@ -18,7 +18,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from steptime import append_results
+from steptime import report
 
 COMMON = ["--quiet", "train.batch_size=32", "data.train_size=2048", "data.val_size=32", "data.test_size=32"]
 
@@ -94,10 +94,7 @@ def main() -> None:
              f"| straight through | {straight:.2f} |",
              f"| stopped at half (state saved) + resumed to the end | {interrupted:.2f} + {resumed:.2f} = {interrupted + resumed:.2f} |",
              f"| resume overhead | {interrupted + resumed - straight:+.2f} ({(interrupted + resumed) / straight - 1:+.1%}) |"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        append_results(text)
+    report(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from adapmtl_cli import builders
 from adapmtl_cli.config import load_config
 from adapmtl_cli.data import build_datasets
 from adapmtl_cli.engine.evaluator import evaluate
-from steptime import append_results
+from steptime import report
 
 
 def reference_style(model, loader, num_classes: int) -> float:
@@ -76,10 +76,7 @@ def main() -> None:
              "| loop | images / s |", "|---|---|"]
     lines += [f"| {name} | {rate:.1f} |" for name, rate in timings.items()]
     lines += [f"| ratio | {ours / theirs:.2f}x |"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        append_results(text)
+    report(lines, args.write)
 
 
 if __name__ == "__main__":

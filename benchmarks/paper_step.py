@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from steptime import append_results, build_trainer, fixed_batch, time_alternating
+from steptime import report, build_trainer, fixed_batch, time_alternating
 
 REFERENCE_SECONDS = {"nyuv2-resnet34": 11.96, "nyuv2-mnv2": 8.04}
 COMMON = ["data.source='synthetic'", "data.resolution=321", "data.num_classes=40", "train.batch_size=2",
@@ -47,10 +47,7 @@ def main() -> None:
         for name, seconds in times.items():
             lines.append(f"| {preset} | {name} | {seconds:.2f} | {seconds / REFERENCE_SECONDS[preset]:.2f}x |")
             print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        append_results(text)
+    report(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from steptime import append_results
+from steptime import report
 
 # A harder setting than the demo's (more classes, larger images, a wider network), so a dense
 # model is clearly not saturated in the step budget.
@@ -130,10 +130,7 @@ def main() -> None:
         parts = " | ".join(f"{100 * statistics.mean(v):.1f}" for v in components[name].values())
         lines.append(f"| {name} | {statistics.mean(values):+.2f} ± {sd:.2f} | {100 * statistics.mean(sparsity[name]):.2f} | {parts} |")
     lines += ["", f"({(time.time() - start) / 60:.0f} min in all)"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        append_results(text)
+    report(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 
 from adapmtl_cli import workflows
 from adapmtl_cli.config import load_config
-from steptime import append_results
+from steptime import report
 
 TARGETS = (0.5, 0.8, 0.9, 0.95, 0.98)
 MODELS = {
@@ -96,10 +96,7 @@ def main() -> None:
     if args.quality:
         lines += [""] + quality_table(args.steps, args.seeds)
     lines += ["", f"({time.time() - start:.0f} s in all)"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        append_results(text)
+    report(lines, args.write)
 
 
 if __name__ == "__main__":

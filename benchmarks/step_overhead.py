@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from steptime import append_results, build_trainer, fixed_batch, time_alternating
+from steptime import report, build_trainer, fixed_batch, time_alternating
 
 MODELS = {
     "demo (64x64, batch 16)": ["data.resolution=64", "train.batch_size=16"],
@@ -58,10 +58,7 @@ def main() -> None:
             times = time_alternating(trainers, fixed_batch(trainers["dense"]), args.repeats)
         lines.append(f"| {name} | {1000 * times['dense']:.1f} | {1000 * times['sparse']:.1f} | {times['sparse'] / times['dense']:.3f}x |")
         print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.write:
-        append_results(text)
+    report(lines, args.write)
 
 
 if __name__ == "__main__":

@@ -38,3 +38,11 @@ def time_alternating(trainers: dict[str, Trainer], batch, repeats: int, warmup: 
 def append_results(text: str) -> None:
     with open(Path(__file__).parent / "RESULTS.md", "a", encoding="utf-8") as handle:
         handle.write("\n" + text)
+
+
+def report(lines: list[str], write: bool) -> None:
+    """Print a benchmark's markdown section and, with --write, append it to RESULTS.md."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if write:
+        append_results(text)
