@@ -94,3 +94,23 @@ def test_kill_9_during_a_checkpoint_write_never_leaves_a_corrupt_file(tmp_path):
             assert np.array_equal(load_file(str(target))["w"], np.arange(4_000_000, dtype=np.float32))
     # Temporary files of killed writers may remain, but never under the checkpoint's name.
     assert all(p.name.startswith(".model.safetensors.") for p in tmp_path.iterdir() if p != target)
+
+
+def test_a_real_sigterm_saves_the_state_and_exits_130(tmp_path):
+    """The actual signal, sent to a training process: state written, exit 130, resumable."""
+    import time
+
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "adapmtl_cli", "train", "--out", str(run), "--quiet", "train.steps=100000",
+            "train.val_every=100000", "train.batch_size=2", "data.resolution=32", "data.train_size=16", "model.width=4"]
+    process = subprocess.Popen(args, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (run / "log.txt").exists():
+        time.sleep(0.1)
+    time.sleep(1.0)  # some steps in
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "state saved" in err and "Traceback" not in err
+    state = load_file(str(run / "state.safetensors"))
+    assert "rng.torch" in state
