@@ -15,7 +15,7 @@ demo: install
 	adapmtl train --preset demo --out runs/demo --force
 
 test: install-test
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest
 
 bench: install
 	$(PYTHON) benchmarks/step_overhead.py

@@ -93,6 +93,14 @@ def build_controller(config: Config, sparsifier):
     return FreezeController(sparsifier, sparsity.target, sparsity.check_every, sparsity.freeze_only)
 
 
+def loader_workers(config: Config) -> int:
+    """data.workers, but never more worker processes than this machine has cores: the paper
+    presets ask for 4, which would only thrash a 2-core laptop or CI machine."""
+    import os
+
+    return min(config.data.workers, os.cpu_count() or 1)
+
+
 def resolve_device(config: Config) -> torch.device:
     wanted = config.train.device
     if wanted == "auto":

@@ -147,7 +147,7 @@ def evaluate_checkpoint(path: Path, *, data_root: str | None = None, split: str 
     if validate is not None:
         validate()
     tasks = builders.build_tasks(config, data.class_weights)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=config.train.batch_size, num_workers=config.data.workers)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=config.train.batch_size, num_workers=builders.loader_workers(config))
     model.to(target_device)
     metrics, losses = evaluate(model, loader, tasks, target_device, config.train.amp)
     result = {
@@ -173,6 +173,7 @@ def _evaluation_data_config(config: Config, data_root: str | None) -> tuple[Conf
 
         config.data.num_classes = num_classes(config)  # the model's classes, before the source changes
         config.data.source = "synthetic"
+        config.data.workers = 0  # generated in-process faster than worker processes start
         return config, "synthetic scenes (no data root given; pass --data-root for the real dataset)"
     if config.data.source == "synthetic":
         return config, f"synthetic scenes (seed {config.seed}, {config.data.resolution}px)"

@@ -151,8 +151,8 @@ class Trainer:
             len(self.data.train), self.config.train.batch_size, self.config.seed, start_step=self.start_step,
             rank=dist_utils.rank(), world_size=dist_utils.world_size(),
         )
-        return DataLoader(self.data.train, batch_sampler=sampler, num_workers=self.config.data.workers,
-                          pin_memory=self.device.type == "cuda", persistent_workers=self.config.data.workers > 0,
+        return DataLoader(self.data.train, batch_sampler=sampler, num_workers=builders.loader_workers(self.config),
+                          pin_memory=self.device.type == "cuda", persistent_workers=builders.loader_workers(self.config) > 0,
                           generator=self._loader_generator())
 
     def _eval_loader(self, dataset) -> DataLoader:
@@ -162,7 +162,7 @@ class Trainer:
 
             sampler = DistributedSampler(dataset, shuffle=False)
         per_rank = max(1, self.config.train.batch_size // dist_utils.world_size())
-        return DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=self.config.data.workers,
+        return DataLoader(dataset, batch_size=per_rank, sampler=sampler, num_workers=builders.loader_workers(self.config),
                           generator=self._loader_generator())
 
     def _loader_generator(self) -> torch.Generator:
