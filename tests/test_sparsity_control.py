@@ -37,9 +37,10 @@ def test_controller_lands_on_the_plan(target, granularity):
     model = make_model(granularity)
     controller = ScheduleController(model.sparsifier, target, total_steps=100, start=0.1, end=0.7)
     before = torch.sigmoid(torch.stack(list(model.sparsifier.thresholds))).detach()
+    initial = exact_overall(model)  # where the plan starts (sInit -8 already zeroes a few weights)
     controller.after_step(40)
     n = sum(layer.numel for layer in model.sparsifier.layers)
-    assert exact_overall(model) == pytest.approx(planned_sparsity(40, 100, target, 0.1, 0.7), abs=2 / n)
+    assert exact_overall(model) == pytest.approx(planned_sparsity(40, 100, target, 0.1, 0.7, initial), abs=2 / n)
     controller.after_step(100)
     assert exact_overall(model) == pytest.approx(target, abs=2 / n)
     # One common factor: the ratios between thresholds (what the optimizer learns) are kept.
@@ -64,3 +65,18 @@ def test_sampled_quantile_on_a_big_model_is_within_a_few_hundredths_of_a_point()
     controller.after_step(10)  # the last step counts (nearly) every weight
     n = sum(layer.numel for layer in model.sparsifier.layers)
     assert exact_overall(model) == pytest.approx(0.9, abs=2 / n)
+
+
+def test_the_plan_starts_from_the_sparsity_already_reached():
+    model = make_model()
+    with torch.no_grad():
+        for p in model.sparsifier.thresholds:
+            p.fill_(-1.5)  # thresholds already bite before the plan starts
+    before = exact_overall(model)
+    assert before > 0.3
+    controller = ScheduleController(model.sparsifier, 0.9, total_steps=100, start=0.1, end=0.7)
+    controller.after_step(11)
+    # 1/60 of the way: 0.9 + (before - 0.9) * (1 - 1/60)^3, never back to 0.
+    expected = 0.9 + (before - 0.9) * (1 - 1 / 60) ** 3
+    n = sum(layer.numel for layer in model.sparsifier.layers)
+    assert exact_overall(model) == pytest.approx(expected, abs=2 / n)

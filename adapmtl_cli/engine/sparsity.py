@@ -342,6 +342,7 @@ class ScheduleController:
         self.planned = 0.0
         self.frozen = False  # never: thresholds always learn; kept for a uniform interface
         self._samples: dict[int, list[Tensor | None]] = {}
+        self.initial: float | None = None
 
     def wants_check(self, step: int) -> bool:
         # The controller needs no count to act (it sets the sparsity); counting is for reports.
@@ -360,7 +361,11 @@ class ScheduleController:
             return
         if done % self.check_every and done != self.total_steps:
             return
-        self.planned = planned_sparsity(done, self.total_steps, self.target, self.start, self.end)
+        if self.initial is None:
+            # The plan starts from where the run is, so the controller never undoes sparsity the
+            # thresholds reached on their own before the plan began.
+            self.initial = min(float(self.sparsifier.overall_sparsity()), self.target)
+        self.planned = planned_sparsity(done, self.total_steps, self.target, self.start, self.end, self.initial)
         # Within a few hundredths of a point on the way; at the last step (nearly) exact.
         size = self.final_sample_size if done == self.total_steps else self.sample_size
         factor = self._quantile_factor(self.planned, size)
@@ -400,8 +405,9 @@ class ScheduleController:
         return self._samples[sample_size]
 
     def state_dict(self) -> dict:
-        return {"last_overall": self.last_overall, "planned": self.planned}
+        return {"last_overall": self.last_overall, "planned": self.planned, "initial": self.initial}
 
     def load_state_dict(self, state: dict) -> None:
         self.last_overall = float(state["last_overall"])
         self.planned = float(state.get("planned", 0.0))
+        self.initial = state.get("initial")
