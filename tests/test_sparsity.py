@@ -186,8 +186,7 @@ def test_fused_soft_shrink_matches_the_formula_through_autograd():
     for fused in (True, False):
         w = weight.clone().requires_grad_(True)
         s_ = s.clone().requires_grad_(True)
-        t = torch.sigmoid(s_)
-        out = SoftShrink.apply(w, t) if fused else torch.sign(w) * torch.relu(w.abs() - t)
+        out = SoftShrink.apply(w, s_) if fused else torch.sign(w) * torch.relu(w.abs() - torch.sigmoid(s_))
         (out * upstream).sum().backward()
         results.append((out.detach(), w.grad, s_.grad))
     (out_a, gw_a, gs_a), (out_b, gw_b, gs_b) = results

@@ -18,6 +18,7 @@ only the stop rule turns one scalar into a Python float.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,46 +32,85 @@ DOT_MIN_NUMEL = 1 << 20
 
 
 class SoftShrink(torch.autograd.Function):
-    """W_eff = sign(W) * relu(|W| - t) with the STR gradients, in as few passes over W as torch
-    allows: dW_eff/dW = 1 where |W| > t (else 0), dW_eff/dt = -sign(W) on survivors.
+    """W_eff = sign(W) * relu(|W| - sigmoid(s)) with the STR gradients: dW_eff/dW = 1 where
+    |W| > t (else 0), dW_eff/ds = -sign(W) * t * (1 - t) on survivors.
 
-    On the CPU the fused softshrink kernels do the work (reading t as a Python number costs
-    nothing there); elsewhere t stays on the device, so no step waits for a host copy.
+    ``s`` is the raw threshold parameter: the sigmoid is folded in, so a conv costs one autograd
+    node, not two. ``owner`` (a :class:`SoftThreshold`, optional) lends a persistent buffer.
+
+    On the CPU the fused softshrink kernels do the work, and the costly part of a pass over a big
+    weight is not the arithmetic but writing into freshly allocated memory (the kernel faults its
+    pages in: 5.2 ms against 0.8 ms for 2.9M weights, measured on 2 cores). So W_eff is written
+    into the owner's buffer, the masked gradient overwrites the incoming gradient (the conv's
+    fresh weight gradient, which nothing else holds), and sign(W) reuses the buffer once the conv
+    no longer needs W_eff. The buffer is only lent while nobody else holds the previous W_eff (a
+    weak reference tells), so two forwards before one backward, or ``retain_graph``, stay correct:
+    they get fresh memory. On GPUs the threshold stays a tensor, so no step waits for a host copy.
     """
 
     @staticmethod
-    def forward(ctx, weight: Tensor, threshold: Tensor) -> Tensor:
-        ctx.save_for_backward(weight, threshold)
-        if weight.device.type == "cpu":
-            return torch.nn.functional.softshrink(weight, float(threshold))
-        return weight - torch.clamp(weight, -threshold, threshold)
+    def forward(ctx, weight: Tensor, s: Tensor, owner: SoftThreshold | None = None) -> Tensor:
+        threshold = torch.sigmoid(s).to(weight.dtype)
+        ctx.owner, ctx.threshold, ctx.s_dtype = owner, threshold, s.dtype
+        ctx.save_for_backward(weight)
+        if weight.device.type != "cpu":
+            return weight - torch.clamp(weight, -threshold, threshold)
+        ctx.t = float(threshold)
+        buffer = owner.lend_buffer(weight) if owner is not None else None
+        if buffer is None:
+            return torch.nn.functional.softshrink(weight, ctx.t)
+        torch.ops.aten.softshrink.out(weight, ctx.t, out=buffer)
+        return owner.lent(buffer.detach())
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        weight, threshold = ctx.saved_tensors
-        if weight.device.type == "cpu":
-            grad_weight = torch.ops.aten.softshrink_backward(grad, weight, float(threshold))
+        (weight,) = ctx.saved_tensors
+        threshold = ctx.threshold
+        if weight.device.type != "cpu":
+            grad_weight = torch.where(weight.abs() > threshold, grad, 0.0)
+            signs = weight.sign()
         else:
-            grad_weight = torch.where(weight.abs() > threshold, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
-        grad_threshold = None
+            if _writable(grad):
+                grad_weight = torch.ops.aten.softshrink_backward.grad_input(grad, weight, ctx.t, grad_input=grad)
+            else:
+                grad_weight = torch.ops.aten.softshrink_backward(grad, weight, ctx.t)
+            signs = None
+            if ctx.needs_input_grad[1]:
+                buffer = ctx.owner.lend_buffer(weight) if ctx.owner is not None else None
+                signs = torch.sign(weight, out=buffer) if buffer is not None else weight.sign()
+        grad_s = None
         if ctx.needs_input_grad[1]:
-            # On survivors grad_weight == grad, elsewhere 0, so this is -sum(grad * sign(W)) over
+            # On survivors grad_weight == grad, elsewhere 0: this is sum(grad * sign(W)) over
             # survivors. A BLAS dot wins on big tensors but costs milliseconds of thread start-up
             # on small ones (measured: 7.8 ms against 9 us for 20k weights on 2 cores).
-            signs = weight.sign()
-            if weight.numel() >= DOT_MIN_NUMEL:
-                total = torch.dot(grad_weight.flatten(), signs.flatten())
-            else:
-                total = (grad_weight * signs).sum()
-            grad_threshold = -total.to(threshold.dtype).reshape(threshold.shape)
-        return grad_weight, grad_threshold
+            total = _dot(grad_weight, signs) if weight.numel() >= DOT_MIN_NUMEL else (grad_weight * signs).sum()
+            t = threshold.to(total.dtype)
+            grad_s = (total * (t * (t - 1))).to(ctx.s_dtype).reshape(())  # -total * dsigmoid(s)
+        return grad_weight, grad_s, None
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """sum(a * b) as one BLAS dot, walking both tensors in memory order (no copy when their
+    layouts agree, channels_last included)."""
+    if a.stride() != b.stride():
+        b = torch.empty_like(a).copy_(b)
+    if a.dim() == 4 and not a.is_contiguous() and a.is_contiguous(memory_format=torch.channels_last):
+        a, b = a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)
+    return torch.dot(a.reshape(-1), b.reshape(-1))
+
+
+def _writable(grad: Tensor) -> bool:
+    """May the backward overwrite ``grad``: dense, unshared memory and no graph being built."""
+    return not torch.is_grad_enabled() and (grad.is_contiguous() or grad.is_contiguous(memory_format=torch.channels_last))
 
 
 class SoftThreshold(nn.Module):
     """The parametrization of one conv weight: soft shrink by sigmoid of a shared scalar.
 
     The threshold parameter lives in the :class:`Sparsifier`; this module only points at it, so
-    each threshold is stored once however many convs share it.
+    each threshold is stored once however many convs share it. It also owns the layer's
+    persistent W_eff buffer (CPU only, never saved): ``conv.weight`` returns a view of it, which
+    the next forward overwrites once nobody holds it any more; clone it to keep it.
     """
 
     def __init__(self, sparsifier: Sparsifier, index: int):
@@ -78,10 +118,30 @@ class SoftThreshold(nn.Module):
         # A plain attribute, not a submodule: registering it would make a cycle in the module tree.
         object.__setattr__(self, "_sparsifier", sparsifier)
         self.index = index
+        self._buffer: Tensor | None = None
+        self._lent_to = None  # weak reference to the last W_eff handed out
 
     def forward(self, weight: Tensor) -> Tensor:
-        threshold = torch.sigmoid(self._sparsifier.thresholds[self.index]).to(weight.dtype)
-        return SoftShrink.apply(weight, threshold)
+        return SoftShrink.apply(weight, self._sparsifier.thresholds[self.index], self)
+
+    def lend_buffer(self, like: Tensor) -> Tensor | None:
+        """The persistent buffer shaped like ``like``, or None while the last W_eff is still held."""
+        if self._lent_to is not None and self._lent_to() is not None:
+            return None
+        buffer = self._buffer
+        if buffer is None or buffer.shape != like.shape or buffer.dtype != like.dtype or buffer.stride() != like.stride():
+            buffer = self._buffer = torch.empty_like(like, memory_format=torch.preserve_format)
+        return buffer
+
+    def lent(self, alias: Tensor) -> Tensor:
+        self._lent_to = weakref.ref(alias)
+        return alias
+
+    def __getstate__(self):
+        # Buffers and weak references do not travel (deepcopy, pickling for DataLoader workers).
+        state = self.__dict__.copy()
+        state["_buffer"], state["_lent_to"] = None, None
+        return state
 
 
 @dataclass(frozen=True)
@@ -341,7 +401,7 @@ class ScheduleController:
         self.last_overall = 0.0
         self.planned = 0.0
         self.frozen = False  # never: thresholds always learn; kept for a uniform interface
-        self._samples: dict[int, list[Tensor | None]] = {}
+        self._samples: dict[tuple[int, str], list[Tensor | None]] = {}
         self.initial: float | None = None
 
     def wants_check(self, step: int) -> bool:
@@ -377,19 +437,22 @@ class ScheduleController:
         sparsifier = self.sparsifier
         thresholds = sparsifier.threshold_values()
         pieces = []
-        for layer, (index, positions) in enumerate(zip(sparsifier._threshold_of_layer, self._sample_positions(sample_size))):
+        device = sparsifier.raw_weight(0).device
+        for layer, (index, positions) in enumerate(zip(sparsifier._threshold_of_layer, self._sample_positions(sample_size, device))):
             weight = sparsifier.raw_weight(layer).detach().flatten()
             if positions is not None:
-                weight = weight[positions.to(weight.device)]
+                weight = weight[positions]
             pieces.append(weight.abs().float() / thresholds[index].float())
         normalised = torch.cat(pieces)
         rank = min(normalised.numel(), max(1, math.ceil(fraction * normalised.numel())))
         return normalised.kthvalue(rank).values.double()
 
-    def _sample_positions(self, sample_size: int) -> list[Tensor | None]:
-        """Fixed random positions per layer, drawn once (the same on every rank): a share of
-        ``sample_size`` proportional to the layer's size; None = the whole layer."""
-        if sample_size not in self._samples:
+    def _sample_positions(self, sample_size: int, device: torch.device) -> list[Tensor | None]:
+        """Fixed random positions per layer, drawn once (the same on every rank) and kept on the
+        weights' device: a share of ``sample_size`` proportional to the layer's size; None = the
+        whole layer."""
+        key = (sample_size, str(device))
+        if key not in self._samples:
             layers = self.sparsifier.layers
             total = sum(layer.numel for layer in layers)
             keep = min(1.0, sample_size / total)
@@ -400,9 +463,9 @@ class ScheduleController:
                     positions.append(None)
                 else:
                     count = max(1, round(layer.numel * keep))
-                    positions.append(torch.randint(layer.numel, (count,), generator=generator))
-            self._samples[sample_size] = positions
-        return self._samples[sample_size]
+                    positions.append(torch.randint(layer.numel, (count,), generator=generator).to(device))
+            self._samples[key] = positions
+        return self._samples[key]
 
     def state_dict(self) -> dict:
         return {"last_overall": self.last_overall, "planned": self.planned, "initial": self.initial}
