@@ -193,3 +193,70 @@ def test_fused_soft_shrink_matches_the_formula_through_autograd():
     assert torch.allclose(out_a, out_b, atol=1e-7)
     assert torch.equal(gw_a, gw_b)
     assert gs_a.item() == pytest.approx(gs_b.item(), rel=1e-4)
+
+
+class _TwoConvs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3)
+        self.b = nn.Conv2d(8, 4, 3)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def _two_convs(channels_last: bool = False):
+    torch.manual_seed(0)
+    model = _TwoConvs()
+    model.sparsifier = Sparsifier(model, {"backbone": model.a, "head": model.b}, init=-3.0)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def _formula_grads(inputs):
+    """A second implementation: autograd through sign(W) * relu(|W| - sigmoid(s)), no buffers."""
+    model = _two_convs()
+    weights = [model.a.parametrizations.weight.original, model.b.parametrizations.weight.original]
+    s = list(model.sparsifier.thresholds)
+    effective = [torch.sign(w) * torch.relu(w.abs() - torch.sigmoid(t)) for w, t in zip(weights, s)]
+    total = 0
+    for x in inputs:
+        hidden = torch.relu(nn.functional.conv2d(x, effective[0], model.a.bias))
+        total = total + nn.functional.conv2d(hidden, effective[1], model.b.bias).square().sum()
+    total.backward()
+    return [p.grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("pattern", ["backward after each forward", "two forwards then one backward", "channels_last"])
+def test_reused_soft_shrink_buffers_give_the_formula_gradients(pattern):
+    """W_eff lives in a per-layer buffer on the CPU; it must never be overwritten while a pending
+    graph still needs it (two forwards before one backward), whatever the memory format."""
+    generator = torch.Generator().manual_seed(1)
+    inputs = [torch.randn(2, 3, 10, 10, generator=generator) for _ in range(2)]
+    expected = _formula_grads(inputs)
+    model = _two_convs(channels_last=pattern == "channels_last")
+    for _ in range(2):  # the second round runs on buffers lent before
+        model.zero_grad()
+        if pattern == "two forwards then one backward":
+            sum(model(x).square().sum() for x in inputs).backward()
+        else:
+            for x in inputs:
+                model(x.contiguous(memory_format=torch.channels_last) if pattern == "channels_last" else x).square().sum().backward()
+    for got, want in zip(model.parameters(), expected):
+        assert torch.allclose(got.grad, want, rtol=1e-5, atol=1e-6)
+
+
+def test_retain_graph_and_held_effective_weights_stay_correct():
+    x = torch.randn(2, 3, 10, 10, generator=torch.Generator().manual_seed(2))
+    once = _two_convs()
+    once(x).square().sum().backward()
+    twice = _two_convs()
+    loss = twice(x).square().sum()
+    loss.backward(retain_graph=True)
+    loss.backward()
+    for a, b in zip(twice.parameters(), once.parameters()):
+        assert torch.allclose(a.grad, 2 * b.grad, rtol=1e-6, atol=1e-7)
+    held = twice.a.weight  # a W_eff someone keeps: later forwards and backwards must not touch it
+    snapshot = held.clone()
+    twice(x).sum().backward()
+    twice(x).sum().backward()
+    assert torch.equal(held, snapshot)
