@@ -83,9 +83,12 @@ class SoftShrink(torch.autograd.Function):
             # On survivors grad_weight == grad, elsewhere 0: this is sum(grad * sign(W)) over
             # survivors. A BLAS dot wins on big tensors but costs milliseconds of thread start-up
             # on small ones (measured: 7.8 ms against 9 us for 20k weights on 2 cores).
-            total = _dot(grad_weight, signs) if weight.numel() >= DOT_MIN_NUMEL else (grad_weight * signs).sum()
-            t = threshold.to(total.dtype)
-            grad_s = (total * (t * (t - 1))).to(ctx.s_dtype).reshape(())  # -total * dsigmoid(s)
+            total = _dot(grad_weight, signs) if weight.numel() >= DOT_MIN_NUMEL else signs.mul_(grad_weight).sum()
+            if weight.device.type == "cpu":
+                grad_s = total * (ctx.t * (ctx.t - 1.0))  # -total * dsigmoid(s), t already a number
+            else:
+                grad_s = total * (threshold * (threshold - 1.0)).to(total.dtype)
+            grad_s = grad_s.to(ctx.s_dtype).reshape(())
         return grad_weight, grad_s, None
 
 
