@@ -50,7 +50,9 @@ class SoftShrink(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, weight: Tensor, s: Tensor, owner: SoftThreshold | None = None) -> Tensor:
-        threshold = torch.sigmoid(s).to(weight.dtype)
+        threshold = torch.sigmoid(s)
+        if threshold.dtype != weight.dtype:  # even a no-op .to() costs microseconds, per conv
+            threshold = threshold.to(weight.dtype)
         ctx.owner, ctx.threshold, ctx.s_dtype = owner, threshold, s.dtype
         ctx.save_for_backward(weight)
         if weight.device.type != "cpu":
@@ -88,7 +90,7 @@ class SoftShrink(torch.autograd.Function):
                 grad_s = total * (ctx.t * (ctx.t - 1.0))  # -total * dsigmoid(s), t already a number
             else:
                 grad_s = total * (threshold * (threshold - 1.0)).to(total.dtype)
-            grad_s = grad_s.to(ctx.s_dtype).reshape(())
+            grad_s = grad_s.reshape(()) if grad_s.dtype == ctx.s_dtype else grad_s.to(ctx.s_dtype).reshape(())
         return grad_weight, grad_s, None
 
 
