@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--presets", nargs="*", default=list(REFERENCE_SECONDS))
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--only", default="", help="run only this variant, e.g. 'soft-threshold, channels_last'")
+    parser.add_argument("--only", nargs="*", default=[], help="run only these variants, e.g. 'dense, NCHW' 'soft-threshold, NCHW'")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -44,7 +44,7 @@ def main() -> None:
             for sparse in (False, True):
                 for channels_last in (False, True):
                     name = f"{'soft-threshold' if sparse else 'dense'}, {'channels_last' if channels_last else 'NCHW'}"
-                    if args.only and name != args.only:
+                    if args.only and name not in args.only:
                         continue
                     overrides = COMMON + [f"train.batch_size={args.batch}", f"sparsity.enabled={str(sparse).lower()}", f"train.channels_last={str(channels_last).lower()}"]
                     variants[name] = build_trainer(preset, overrides, Path(tmp) / name.replace(", ", "-"))
