@@ -176,7 +176,7 @@ def test_dense_models_are_counted_without_thresholds():
 
 def test_fused_soft_shrink_matches_the_formula_through_autograd():
     """A second implementation: autograd through sign(W) * relu(|W| - sigmoid(s))."""
-    from adapmtl_cli.engine.sparsity import SoftShrink
+    from adapmtl_cli.engine.sparsity import soft_shrink
 
     torch.manual_seed(0)
     weight = torch.randn(64, 32, 3, 3)
@@ -186,7 +186,7 @@ def test_fused_soft_shrink_matches_the_formula_through_autograd():
     for fused in (True, False):
         w = weight.clone().requires_grad_(True)
         s_ = s.clone().requires_grad_(True)
-        out = SoftShrink.apply(w, s_) if fused else torch.sign(w) * torch.relu(w.abs() - torch.sigmoid(s_))
+        out = soft_shrink(w, s_) if fused else torch.sign(w) * torch.relu(w.abs() - torch.sigmoid(s_))
         (out * upstream).sum().backward()
         results.append((out.detach(), w.grad, s_.grad))
     (out_a, gw_a, gs_a), (out_b, gw_b, gs_b) = results
@@ -196,27 +196,30 @@ def test_fused_soft_shrink_matches_the_formula_through_autograd():
 
 
 class _TwoConvs(nn.Module):
-    def __init__(self):
+    def __init__(self, wide: bool):
         super().__init__()
+        # wide: b has 73,728 weights, over BUFFER_MIN_NUMEL, so it takes the persistent-buffer path
+        # while a (216 weights) takes the multi-tensor one.
         self.a = nn.Conv2d(3, 8, 3)
-        self.b = nn.Conv2d(8, 4, 3)
+        self.b = nn.Conv2d(8, 1024 if wide else 4, 3)
 
     def forward(self, x):
         return self.b(torch.relu(self.a(x)))
 
 
-def _two_convs(channels_last: bool = False):
+def _two_convs(channels_last: bool = False, wide: bool = False, shared: bool = False):
     torch.manual_seed(0)
-    model = _TwoConvs()
-    model.sparsifier = Sparsifier(model, {"backbone": model.a, "head": model.b}, init=-3.0)
+    model = _TwoConvs(wide)
+    components = {"backbone": model.a, "head": model.b}
+    model.sparsifier = Sparsifier(model, components, init=-3.0, granularity="global" if shared else "component")
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def _formula_grads(inputs):
+def _formula_grads(inputs, wide: bool, shared: bool):
     """A second implementation: autograd through sign(W) * relu(|W| - sigmoid(s)), no buffers."""
-    model = _two_convs()
+    model = _two_convs(wide=wide, shared=shared)
     weights = [model.a.parametrizations.weight.original, model.b.parametrizations.weight.original]
-    s = list(model.sparsifier.thresholds)
+    s = list(model.sparsifier.thresholds) * (2 if shared else 1)
     effective = [torch.sign(w) * torch.relu(w.abs() - torch.sigmoid(t)) for w, t in zip(weights, s)]
     total = 0
     for x in inputs:
@@ -226,14 +229,24 @@ def _formula_grads(inputs):
     return [p.grad for p in model.parameters()]
 
 
+def test_wide_layer_takes_the_buffered_path():
+    from adapmtl_cli.engine.sparsity import BUFFER_MIN_NUMEL
+
+    model = _two_convs(wide=True)
+    assert model.a.weight.numel() < BUFFER_MIN_NUMEL <= model.b.weight.numel()
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["a threshold each", "one shared threshold"])
+@pytest.mark.parametrize("wide", [False, True], ids=["small layers", "a wide layer"])
 @pytest.mark.parametrize("pattern", ["backward after each forward", "two forwards then one backward", "channels_last"])
-def test_reused_soft_shrink_buffers_give_the_formula_gradients(pattern):
+def test_reused_soft_shrink_buffers_give_the_formula_gradients(pattern, wide, shared):
     """W_eff lives in a per-layer buffer on the CPU; it must never be overwritten while a pending
-    graph still needs it (two forwards before one backward), whatever the memory format."""
+    graph still needs it (two forwards before one backward), whatever the memory format, and a
+    group mixing buffered and multi-tensor layers must add up their threshold gradients."""
     generator = torch.Generator().manual_seed(1)
     inputs = [torch.randn(2, 3, 10, 10, generator=generator) for _ in range(2)]
-    expected = _formula_grads(inputs)
-    model = _two_convs(channels_last=pattern == "channels_last")
+    expected = _formula_grads(inputs, wide, shared)
+    model = _two_convs(channels_last=pattern == "channels_last", wide=wide, shared=shared)
     for _ in range(2):  # the second round runs on buffers lent before
         model.zero_grad()
         if pattern == "two forwards then one backward":
@@ -243,6 +256,41 @@ def test_reused_soft_shrink_buffers_give_the_formula_gradients(pattern):
                 model(x.contiguous(memory_format=torch.channels_last) if pattern == "channels_last" else x).square().sum().backward()
     for got, want in zip(model.parameters(), expected):
         assert torch.allclose(got.grad, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("granularity", ["component", "global", "layer"])
+def test_one_autograd_node_per_threshold(granularity):
+    """Inside the model's forward every threshold's convs share one backward node (a Python
+    autograd node per conv was most of the soft threshold's cost on small models)."""
+    model = TwoComponentNet()
+    model.sparsifier = Sparsifier(model, {"backbone": model.backbone, "head.b": model.heads["b"]}, granularity=granularity)
+    out = model(torch.randn(1, 1, 2, 2))
+    seen, stack, groups = set(), [out["b"].grad_fn], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        groups += type(node).__name__ == "SoftShrinkGroupBackward"
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    expected = {"component": 2, "global": 1, "layer": 4}[granularity]  # layer: 2 backbone + 2 head.b convs
+    assert groups == expected
+    assert model.sparsifier._prepared is None  # nothing held after the forward
+
+
+def test_conv_used_outside_the_model_forward_shrinks_its_own_weight():
+    model = TwoComponentNet()
+    model.sparsifier = Sparsifier(model, model.components(), init=logit(0.3))
+    x = torch.randn(1, 1, 3, 3)
+    inside = model(x)["a"]
+    outside = model.heads["a"](model.backbone(x))  # the pre-hook does not run here
+    assert torch.equal(inside, outside)
+    outside.sum().backward()
+    raw = model.heads["a"].parametrizations.weight.original
+    features = model.backbone(x).detach()
+    # d(sum of conv output)/dW_eff[o, i] = sum over pixels of the input channel i; masked by |W| > t.
+    expected = features.sum(dim=(0, 2, 3)).view(1, -1, 1, 1) * (raw.detach().abs() > 0.3)
+    assert torch.allclose(raw.grad, expected, atol=1e-6)
 
 
 def test_retain_graph_and_held_effective_weights_stay_correct():

@@ -8,12 +8,17 @@ Every Conv2d weight W of a sparsified component is replaced, through
 with ``s`` a learnable scalar shared by the whole component (``component`` granularity, AdapMTL's),
 by one layer (``layer``, STR's) or by the whole model (``global``, the paper's ablation). A custom
 autograd function gives exactly the gradients of REFERENCE.md 1 (dW_eff/dW = 1 where |W| > t and 0
-elsewhere, dW_eff/dt = -sign(W) on survivors); composing it from torch ops (clamp with tensor
-bounds) cost nine times more on the CPU.
+elsewhere, dW_eff/dt = -sign(W) on survivors).
+
+The function works on a whole group at once - every weight that shares one threshold - so a
+forward and backward cost one autograd node per threshold, not one per conv: a Python autograd node
+costs about 100 us each way, which on a small model (the demo: 14 convs) was most of the soft
+threshold's price. The model's forward pre-hook builds every group's W_eff before the forward; a conv
+used outside the model's forward (``model.backbone(x)``, ``conv.weight``) shrinks its own weight.
 
 The sparsifier also counts zeros on the device (layer, component, overall) with no host sync. On
 GPUs only the stop rule turns one scalar into a Python float; on the CPU, where reading a number
-costs nothing, each conv also reads its threshold as one for the fused softshrink kernels.
+costs nothing, each group also reads its threshold as one for the fused softshrink kernels.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -30,62 +35,122 @@ from torch.nn.utils import parametrize
 Granularity = Literal["component", "layer", "global"]
 # Below this many weights the threshold's gradient is an elementwise product and sum, not a dot.
 DOT_MIN_NUMEL = 1 << 20
+# From this many weights on, a CPU layer's W_eff lives in a persistent buffer (fresh memory that big
+# is mmapped and page-faulted on every step); smaller layers take the multi-tensor path.
+BUFFER_MIN_NUMEL = 1 << 16
 
 
-class SoftShrink(torch.autograd.Function):
-    """W_eff = sign(W) * relu(|W| - sigmoid(s)) with the STR gradients: dW_eff/dW = 1 where
-    |W| > t (else 0), dW_eff/ds = -sign(W) * t * (1 - t) on survivors.
+class SoftShrinkGroup(torch.autograd.Function):
+    """W_eff_i = sign(W_i) * relu(|W_i| - sigmoid(s)) for every weight W_i sharing the threshold
+    parameter ``s``, with the STR gradients: dW_eff/dW = 1 where |W| > t (else 0) and
+    dL/ds = -t * (1 - t) * sum_i sum over survivors of dL/dW_eff_i * sign(W_i), t = sigmoid(s).
 
-    ``s`` is the raw threshold parameter: the sigmoid is folded in, so a conv costs one autograd
-    node, not two. ``owner`` (a :class:`SoftThreshold`, optional) lends a persistent buffer.
+    ``apply(s, owners, *weights)`` returns one W_eff per weight. ``owners`` holds, per weight, a
+    :class:`SoftThreshold` that lends a persistent buffer, or None.
 
-    On the CPU the fused softshrink kernels do the work, and the costly part of a pass over a big
-    weight is not the arithmetic but writing into freshly allocated memory (the kernel faults its
-    pages in: 5.2 ms against 0.8 ms for 2.9M weights, measured on 2 cores). So W_eff is written
-    into the owner's buffer, the masked gradient overwrites the incoming gradient (the conv's
-    fresh weight gradient, which nothing else holds), and sign(W) reuses the buffer once the conv
-    no longer needs W_eff. The buffer is only lent while nobody else holds the previous W_eff (a
-    weak reference tells), so two forwards before one backward, or ``retain_graph``, stay correct:
-    they get fresh memory. On GPUs the threshold stays a tensor, so no step waits for a host copy.
+    Two paths, by size:
+    - Small weights (and all weights on GPUs) keep W_eff for the backward: sign(W_eff) is sign(W) on
+      survivors and 0 elsewhere, so g * sign(W_eff) gives the threshold's gradient terms and a
+      second multiplication by it the masked weight gradient, in three multi-tensor calls for the
+      whole group: on small layers the cost is per call, not per weight.
+    - Big weights on the CPU, where the costly part of a pass is not the arithmetic but writing
+      into freshly allocated memory (the kernel faults its pages in: 5.2 ms against 0.8 ms for
+      2.9M weights, measured on 2 cores): W_eff is written into the owner's buffer, the masked
+      gradient overwrites the incoming gradient (the conv's fresh weight gradient, which nothing
+      else holds), and sign(W) reuses the buffer once the conv no longer needs W_eff. The buffer is
+      only lent while nobody else holds the previous W_eff (a weak reference tells), so two
+      forwards before one backward, or ``retain_graph``, stay correct: they get fresh memory.
+    On GPUs the threshold stays a tensor, so no step waits for a host copy.
     """
 
     @staticmethod
-    def forward(ctx, weight: Tensor, s: Tensor, owner: SoftThreshold | None = None) -> Tensor:
+    def forward(ctx, s: Tensor, owners: Sequence[SoftThreshold | None], *weights: Tensor) -> tuple[Tensor, ...]:
+        ctx.set_materialize_grads(False)  # an unused W_eff (another task's head) gets no gradient
+        ctx.s_dtype = s.dtype
         threshold = torch.sigmoid(s)
-        if threshold.dtype != weight.dtype:  # even a no-op .to() costs microseconds, per conv
-            threshold = threshold.to(weight.dtype)
-        ctx.owner, ctx.threshold, ctx.s_dtype = owner, threshold, s.dtype
-        ctx.save_for_backward(weight)
-        if weight.device.type != "cpu":
-            return weight - torch.clamp(weight, -threshold, threshold)
-        ctx.t = float(threshold)
-        buffer = owner.lend_buffer(weight) if owner is not None else None
-        if buffer is None:
-            return torch.nn.functional.softshrink(weight, ctx.t)
-        torch.ops.aten.softshrink.out(weight, ctx.t, out=buffer)
-        return owner.lent(buffer.detach())
+        on_cpu = weights[0].device.type == "cpu"
+        # On the CPU the kernels take t as a number; reading it costs nothing there.
+        t = float(threshold) if on_cpu else threshold
+        ctx.t, ctx.owners = t, owners
+        ctx.buffered = [on_cpu and owner is not None and weight.numel() >= BUFFER_MIN_NUMEL
+                        for weight, owner in zip(weights, owners)]
+        outputs = tuple(_shrink_into_buffer(weight, t, owner) if buffered else _shrink(weight, t)
+                        for weight, owner, buffered in zip(weights, owners, ctx.buffered))
+        ctx.save_for_backward(*(weight if buffered else output
+                                for weight, output, buffered in zip(weights, outputs, ctx.buffered)))
+        return outputs
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        (weight,) = ctx.saved_tensors
-        on_cpu = weight.device.type == "cpu"
-        if not on_cpu:
-            grad_weight = torch.where(weight.abs() > ctx.threshold, grad, 0.0)
-        elif _writable(grad):
-            grad_weight = torch.ops.aten.softshrink_backward.grad_input(grad, weight, ctx.t, grad_input=grad)
-        else:
-            grad_weight = torch.ops.aten.softshrink_backward(grad, weight, ctx.t)
-        if not ctx.needs_input_grad[1]:
-            return grad_weight, None, None
-        buffer = ctx.owner.lend_buffer(weight) if on_cpu and ctx.owner is not None else None
-        signs = torch.sign(weight, out=buffer) if buffer is not None else weight.sign()
-        # On survivors grad_weight == grad, elsewhere 0: this is sum(grad * sign(W)) over
-        # survivors. A BLAS dot wins on big tensors but costs milliseconds of thread start-up
-        # on small ones (measured: 7.8 ms against 9 us for 20k weights on 2 cores).
-        total = _dot(grad_weight, signs) if weight.numel() >= DOT_MIN_NUMEL else signs.mul_(grad_weight).sum()
-        t = ctx.t if on_cpu else ctx.threshold.to(total.dtype)  # on the CPU t is already a number
-        grad_s = total * (t * (t - 1.0))  # -total * dsigmoid(s)
-        return grad_weight, grad_s if grad_s.dtype == ctx.s_dtype else grad_s.to(ctx.s_dtype), None
+    def backward(ctx, *grads: Tensor | None):
+        saved = ctx.saved_tensors
+        needs_s = ctx.needs_input_grad[0]
+        grad_weights: list[Tensor | None] = [None] * len(grads)
+        partial_sums = []
+        listed = [i for i, grad in enumerate(grads) if grad is not None and not ctx.buffered[i]]
+        if listed:
+            signs = torch._foreach_sign([saved[i] for i in listed])  # sign(W_eff)
+            terms = torch._foreach_mul([grads[i] for i in listed], signs)
+            if needs_s:
+                partial_sums.append(torch.cat([term.reshape(-1) for term in terms]).sum())
+            torch._foreach_mul_(terms, signs)  # g * sign^2: g on survivors, 0 elsewhere
+            for i, grad_weight in zip(listed, terms):
+                grad_weights[i] = grad_weight
+        for i, grad in enumerate(grads):
+            if grad is None or not ctx.buffered[i]:
+                continue
+            weight = saved[i]
+            grad_weights[i] = _masked_gradient_on_cpu(grad, weight, ctx.t)
+            if needs_s:
+                partial_sums.append(_survivor_signed_sum(grad_weights[i], weight, ctx.owners[i]))
+        grad_s = None
+        if partial_sums:
+            total = partial_sums[0] if len(partial_sums) == 1 else torch.stack(partial_sums).sum()
+            t = ctx.t if isinstance(ctx.t, float) else ctx.t.to(total.dtype)
+            grad_s = total * (t * (t - 1.0))  # -total * dsigmoid(s)
+            if grad_s.dtype != ctx.s_dtype:
+                grad_s = grad_s.to(ctx.s_dtype)
+        for i, needed in enumerate(ctx.needs_input_grad[2:]):
+            if not needed:
+                grad_weights[i] = None
+        return (grad_s, None, *grad_weights)
+
+
+def soft_shrink(weight: Tensor, s: Tensor) -> Tensor:
+    """W_eff of one weight (no persistent buffer): the group function with a group of one."""
+    return SoftShrinkGroup.apply(s, (None,), weight)[0]
+
+
+def _shrink(weight: Tensor, t: float | Tensor) -> Tensor:
+    if isinstance(t, float):
+        return torch.nn.functional.softshrink(weight, t)
+    if t.dtype != weight.dtype:  # even a no-op .to() costs microseconds
+        t = t.to(weight.dtype)
+    return weight - torch.clamp(weight, -t, t)
+
+
+def _shrink_into_buffer(weight: Tensor, t: float, owner: SoftThreshold) -> Tensor:
+    buffer = owner.lend_buffer(weight)
+    if buffer is None:
+        return torch.nn.functional.softshrink(weight, t)
+    torch.ops.aten.softshrink.out(weight, t, out=buffer)
+    return owner.lent(buffer.detach())
+
+
+def _masked_gradient_on_cpu(grad: Tensor, weight: Tensor, t: float) -> Tensor:
+    if _writable(grad):
+        return torch.ops.aten.softshrink_backward.grad_input(grad, weight, t, grad_input=grad)
+    return torch.ops.aten.softshrink_backward(grad, weight, t)
+
+
+def _survivor_signed_sum(grad_weight: Tensor, weight: Tensor, owner: SoftThreshold) -> Tensor:
+    """sum(grad * sign(W)) over survivors, given ``grad_weight`` already zero elsewhere."""
+    buffer = owner.lend_buffer(weight)
+    signs = torch.sign(weight, out=buffer) if buffer is not None else weight.sign()
+    # A BLAS dot wins on big tensors but costs milliseconds of thread start-up on small ones
+    # (measured: 7.8 ms against 9 us for 20k weights on 2 cores).
+    if weight.numel() >= DOT_MIN_NUMEL:
+        return _dot(grad_weight, signs)
+    return signs.mul_(grad_weight).sum()
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -107,21 +172,26 @@ class SoftThreshold(nn.Module):
     """The parametrization of one conv weight: soft shrink by sigmoid of a shared scalar.
 
     The threshold parameter lives in the :class:`Sparsifier`; this module only points at it, so
-    each threshold is stored once however many convs share it. It also owns the layer's
-    persistent W_eff buffer (CPU only, never saved): ``conv.weight`` returns a view of it, which
-    the next forward overwrites once nobody holds it any more; clone it to keep it.
+    each threshold is stored once however many convs share it. Inside the model's forward it hands
+    out the W_eff the sparsifier built for its whole group; elsewhere it shrinks its own weight. It
+    also owns the layer's persistent W_eff buffer (CPU only, never saved): ``conv.weight`` returns a
+    view of it, which the next forward overwrites once nobody holds it any more; clone it to keep it.
     """
 
-    def __init__(self, sparsifier: Sparsifier, index: int):
+    def __init__(self, sparsifier: Sparsifier, index: int, layer: int):
         super().__init__()
         # A plain attribute, not a submodule: registering it would make a cycle in the module tree.
         object.__setattr__(self, "_sparsifier", sparsifier)
-        self.index = index
+        self.index = index  # of the threshold
+        self.layer = layer  # of the conv in the sparsifier's layer list
         self._buffer: Tensor | None = None
         self._lent_to = None  # weak reference to the last W_eff handed out
 
     def forward(self, weight: Tensor) -> Tensor:
-        return SoftShrink.apply(weight, self._sparsifier.thresholds[self.index], self)
+        prepared = self._sparsifier._prepared
+        if prepared is not None:
+            return prepared[self.layer]
+        return SoftShrinkGroup.apply(self._sparsifier.thresholds[self.index], (self,), weight)[0]
 
     def lend_buffer(self, like: Tensor) -> Tensor | None:
         """The persistent buffer shaped like ``like``, or None while the last W_eff is still held."""
@@ -179,6 +249,10 @@ class Sparsifier(nn.Module):
         self.component_names = list(components)
         self._convs: list[nn.Conv2d] = []  # plain list: the convs belong to the model, not to us
         self._threshold_of_layer: list[int] = []
+        self._owners: list[SoftThreshold] = []
+        # Every layer's W_eff while the model's forward runs (built by one autograd node per
+        # threshold in the pre-hook), None outside it.
+        self._prepared: list[Tensor] | None = None
         prefixes = {id(module): name for name, module in model.named_modules()}
         for component, module in components.items():
             for name, conv in module.named_modules():
@@ -188,6 +262,12 @@ class Sparsifier(nn.Module):
         if not self.layers:
             raise ValueError("no Conv2d layer found in the components to sparsify")
         self._register_index_buffers()
+        self._groups = [[layer for layer, index in enumerate(self._threshold_of_layer) if index == threshold]
+                        for threshold in range(len(self.threshold_names))]
+        self._hooks = []
+        if self.enabled:
+            self._hooks = [model.register_forward_pre_hook(self._build_effective_weights),
+                           model.register_forward_hook(self._drop_effective_weights, always_call=True)]
 
     # -- construction ------------------------------------------------------------------------
 
@@ -207,7 +287,9 @@ class Sparsifier(nn.Module):
                 self.threshold_names.append(threshold)
                 self.thresholds.append(nn.Parameter(torch.tensor(float(init))))
             index = self.threshold_names.index(threshold)
-            parametrize.register_parametrization(conv, "weight", SoftThreshold(self, index), unsafe=True)
+            owner = SoftThreshold(self, index, len(self.layers))
+            parametrize.register_parametrization(conv, "weight", owner, unsafe=True)
+            self._owners.append(owner)
         self._convs.append(conv)
         self._threshold_of_layer.append(index)
         self.layers.append(SparseLayer(f"{layer_name}.weight", component, threshold, conv.weight.numel()))
@@ -217,6 +299,21 @@ class Sparsifier(nn.Module):
         # Non-persistent: derived from the model's structure, never saved.
         self.register_buffer("_layer_numel", torch.tensor([l.numel for l in self.layers], dtype=torch.float64), persistent=False)
         self.register_buffer("_layer_component", torch.tensor(component_index, dtype=torch.long), persistent=False)
+
+    # -- the forward -------------------------------------------------------------------------
+
+    def _build_effective_weights(self, module: nn.Module, args) -> None:
+        prepared: list[Tensor | None] = [None] * len(self.layers)
+        for threshold, layers in zip(self.thresholds, self._groups):
+            weights = [self.raw_weight(layer) for layer in layers]
+            effective = SoftShrinkGroup.apply(threshold, [self._owners[layer] for layer in layers], *weights)
+            for layer, weight in zip(layers, effective):
+                prepared[layer] = weight
+        self._prepared = prepared
+
+    def _drop_effective_weights(self, module: nn.Module, args, output) -> None:
+        # Dropping our references lets the next forward reuse the buffers once backward is done.
+        self._prepared = None
 
     # -- the numbers -------------------------------------------------------------------------
 
