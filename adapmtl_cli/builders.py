@@ -49,11 +49,13 @@ def build_optimizer(config: Config, model: torch.nn.Module) -> torch.optim.Optim
     coupled L2 on a negative s pushes it up, which is what makes the threshold grow."""
     params = [p for p in model.parameters() if p.requires_grad]
     optim = config.optim
+    # None, not False: PyTorch then picks its default implementation for the device.
+    fused = True if optim.fused else None
     if optim.name == "adam":
-        return torch.optim.Adam(params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
+        return torch.optim.Adam(params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay, fused=fused)
     if optim.name == "adamw":
-        return torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay)
-    return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+        return torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, eps=optim.eps, weight_decay=optim.weight_decay, fused=fused)
+    return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, fused=fused)
 
 
 def build_scheduler(config: Config, optimizer: torch.optim.Optimizer):

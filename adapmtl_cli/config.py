@@ -87,6 +87,10 @@ class OptimConfig(Section):
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     lr_step: int = Field(4000, ge=1, description="StepLR step size, in training steps")
     lr_gamma: float = Field(0.5, gt=0.0, le=1.0)
+    # PyTorch's fused kernels (one pass per parameter) rather than its for-loop implementation,
+    # which on the CPU makes temporaries for every operation: the same update, and on big models
+    # about half the CPU step (benchmarks/RESULTS.md). False = the for-loop implementation.
+    fused: bool = True
 
     @field_validator("betas")
     @classmethod
