@@ -195,19 +195,23 @@ def test_fused_soft_shrink_matches_the_formula_through_autograd():
     assert gs_a.item() == pytest.approx(gs_b.item(), rel=1e-4)
 
 
+# Output channels of the second conv: "small" (288 weights) takes the multi-tensor path like the
+# first conv (216); "wide" (73,728) is over BUFFER_MIN_NUMEL and takes the persistent-buffer path in
+# one chunk; "huge" (589,824) spans two chunks of CHUNK_NUMEL.
+WIDTHS = {"small": 4, "wide": 1024, "huge": 8192}
+
+
 class _TwoConvs(nn.Module):
-    def __init__(self, wide: bool):
+    def __init__(self, wide: str):
         super().__init__()
-        # wide: b has 73,728 weights, over BUFFER_MIN_NUMEL, so it takes the persistent-buffer path
-        # while a (216 weights) takes the multi-tensor one.
         self.a = nn.Conv2d(3, 8, 3)
-        self.b = nn.Conv2d(8, 1024 if wide else 4, 3)
+        self.b = nn.Conv2d(8, WIDTHS[wide], 3)
 
     def forward(self, x):
         return self.b(torch.relu(self.a(x)))
 
 
-def _two_convs(channels_last: bool = False, wide: bool = False, shared: bool = False):
+def _two_convs(channels_last: bool = False, wide: str = "small", shared: bool = False):
     torch.manual_seed(0)
     model = _TwoConvs(wide)
     components = {"backbone": model.a, "head": model.b}
@@ -215,7 +219,7 @@ def _two_convs(channels_last: bool = False, wide: bool = False, shared: bool = F
     return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
-def _formula_grads(inputs, wide: bool, shared: bool):
+def _formula_grads(inputs, wide: str, shared: bool):
     """A second implementation: autograd through sign(W) * relu(|W| - sigmoid(s)), no buffers."""
     model = _two_convs(wide=wide, shared=shared)
     weights = [model.a.parametrizations.weight.original, model.b.parametrizations.weight.original]
@@ -229,15 +233,16 @@ def _formula_grads(inputs, wide: bool, shared: bool):
     return [p.grad for p in model.parameters()]
 
 
-def test_wide_layer_takes_the_buffered_path():
-    from adapmtl_cli.engine.sparsity import BUFFER_MIN_NUMEL
+def test_layer_sizes_reach_every_path():
+    from adapmtl_cli.engine.sparsity import BUFFER_MIN_NUMEL, CHUNK_NUMEL
 
-    model = _two_convs(wide=True)
-    assert model.a.weight.numel() < BUFFER_MIN_NUMEL <= model.b.weight.numel()
+    assert _two_convs(wide="small").b.weight.numel() < BUFFER_MIN_NUMEL
+    assert BUFFER_MIN_NUMEL <= _two_convs(wide="wide").b.weight.numel() <= CHUNK_NUMEL
+    assert _two_convs(wide="huge").b.weight.numel() > CHUNK_NUMEL
 
 
 @pytest.mark.parametrize("shared", [False, True], ids=["a threshold each", "one shared threshold"])
-@pytest.mark.parametrize("wide", [False, True], ids=["small layers", "a wide layer"])
+@pytest.mark.parametrize("wide", ["small", "wide", "huge"])
 @pytest.mark.parametrize("pattern", ["backward after each forward", "two forwards then one backward", "channels_last"])
 def test_reused_soft_shrink_buffers_give_the_formula_gradients(pattern, wide, shared):
     """W_eff lives in a per-layer buffer on the CPU; it must never be overwritten while a pending
