@@ -313,3 +313,17 @@ def test_retain_graph_and_held_effective_weights_stay_correct():
     twice(x).sum().backward()
     twice(x).sum().backward()
     assert torch.equal(held, snapshot)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_zero_count_of_a_layer_spanning_several_chunks_equals_numpy(channels_last):
+    """The CPU count works chunk by chunk on big layers; it must equal a plain numpy count."""
+    import numpy as np
+
+    model = _two_convs(wide="huge", channels_last=channels_last)
+    raw = model.b.parametrizations.weight.original
+    threshold = model.sparsifier.threshold_values()[1].item()
+    stats = model.sparsifier.stats()
+    expected = np.count_nonzero(np.abs(raw.detach().numpy()) <= np.float32(threshold)) / raw.numel()
+    assert 0.0 < expected < 1.0
+    assert stats.layers["b.weight"] == pytest.approx(expected, abs=0.5 / raw.numel())
