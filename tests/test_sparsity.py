@@ -327,3 +327,17 @@ def test_zero_count_of_a_layer_spanning_several_chunks_equals_numpy(channels_las
     expected = np.count_nonzero(np.abs(raw.detach().numpy()) <= np.float32(threshold)) / raw.numel()
     assert 0.0 < expected < 1.0
     assert stats.layers["b.weight"] == pytest.approx(expected, abs=0.5 / raw.numel())
+
+
+@pytest.mark.parametrize("wide", ["small", "huge"])
+def test_device_path_gives_the_formula_gradients(monkeypatch, wide):
+    """The path GPUs take (threshold kept a tensor, every layer multi-tensor), run on the CPU."""
+    import adapmtl_cli.engine.sparsity as sparsity
+
+    monkeypatch.setattr(sparsity, "_on_host", lambda weight: False)
+    inputs = [torch.randn(2, 3, 10, 10, generator=torch.Generator().manual_seed(3))]
+    expected = _formula_grads(inputs, wide, shared=True)
+    model = _two_convs(wide=wide, shared=True)
+    model(inputs[0]).square().sum().backward()
+    for got, want in zip(model.parameters(), expected):
+        assert torch.allclose(got.grad, want, rtol=1e-5, atol=1e-6)

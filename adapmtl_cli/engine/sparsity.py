@@ -69,7 +69,7 @@ class SoftShrinkGroup(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # an unused W_eff (another task's head) gets no gradient
         ctx.s_dtype = s.dtype
         threshold = torch.sigmoid(s)
-        on_cpu = weights[0].device.type == "cpu"
+        on_cpu = _on_host(weights[0])
         # On the CPU the kernels take t as a number; reading it costs nothing there.
         t = float(threshold) if on_cpu else threshold
         ctx.t, ctx.owners = t, owners
@@ -113,6 +113,11 @@ class SoftShrinkGroup(torch.autograd.Function):
             if not needed:
                 grad_weights[i] = None
         return (grad_s, None, *grad_weights)
+
+
+def _on_host(weight: Tensor) -> bool:
+    """CPU path (threshold read as a number, buffers) or device path (threshold kept a tensor)."""
+    return weight.device.type == "cpu"
 
 
 def soft_shrink(weight: Tensor, s: Tensor) -> Tensor:
