@@ -137,8 +137,10 @@ def layer_weights(model: nn.Module, effective: bool = False) -> dict[str, Tensor
     sparsifier = model.sparsifier
     out = {}
     for i, layer in enumerate(sparsifier.layers):
-        weight = sparsifier._convs[i].weight if effective else sparsifier.raw_weight(i)
-        out[layer.key] = weight.detach()
+        if effective:  # a copy: W_eff may live in a buffer that the next forward overwrites
+            out[layer.key] = sparsifier._convs[i].weight.detach().clone()
+        else:
+            out[layer.key] = sparsifier.raw_weight(i).detach()
     return out
 
 
