@@ -92,7 +92,9 @@ class SoftShrinkGroup(torch.autograd.Function):
             signs = torch._foreach_sign([saved[i] for i in listed])  # sign(W_eff)
             terms = torch._foreach_mul([grads[i] for i in listed], signs)
             if needs_s:
-                partial_sums.append(torch.cat([term.reshape(-1) for term in terms]).sum())
+                # One sum per layer, not a sum of their concatenation: on GPUs, where every layer
+                # takes this path, that would copy whole heads.
+                partial_sums.extend(term.sum() for term in terms)
             torch._foreach_mul_(terms, signs)  # g * sign^2: g on survivors, 0 elsewhere
             for i, grad_weight in zip(listed, terms):
                 grad_weights[i] = grad_weight
