@@ -151,9 +151,12 @@ def _buffered_backward(grad: Tensor, weight: Tensor, t: float, owner: SoftThresh
     buffer = owner.lend_buffer(weight)
     flat_grad, flat_weight = _memory_order(grad), _memory_order(weight)
     if buffer is None or flat_grad is None or flat_weight is None or grad.stride() != weight.stride() or not _writable(grad):
+        # Rare (a W_eff still held, a gradient we may not overwrite): whole-tensor passes.
         grad_weight = torch.ops.aten.softshrink_backward(grad, weight, t)
-        return grad_weight, (_dot(grad_weight, torch.sign(weight, out=buffer) if buffer is not None else weight.sign())
-                             if with_sum else None)
+        if not with_sum:
+            return grad_weight, None
+        signs = weight.sign() if buffer is None else torch.sign(weight, out=buffer)
+        return grad_weight, _dot(grad_weight, signs)
     sums = []
     for g, w, s in zip(flat_grad.split(CHUNK_NUMEL), flat_weight.split(CHUNK_NUMEL), _memory_order(buffer).split(CHUNK_NUMEL)):
         torch.ops.aten.softshrink_backward.grad_input(g, w, t, grad_input=g)
@@ -294,10 +297,9 @@ class Sparsifier(nn.Module):
         self._groups = [[layer for layer, index in enumerate(self._threshold_of_layer) if index == threshold]
                         for threshold in range(len(self.threshold_names))]
         self._group_owners = [tuple(self._owners[layer] for layer in layers) for layers in self._groups]
-        self._hooks = []
         if self.enabled:
-            self._hooks = [model.register_forward_pre_hook(self._build_effective_weights),
-                           model.register_forward_hook(self._drop_effective_weights, always_call=True)]
+            model.register_forward_pre_hook(self._build_effective_weights)
+            model.register_forward_hook(self._drop_effective_weights, always_call=True)
 
     # -- construction ------------------------------------------------------------------------
 
@@ -373,7 +375,7 @@ class Sparsifier(nn.Module):
         """
         counts = []
         thresholds = self.threshold_values() if self.enabled else None
-        if thresholds is not None and self.raw_weight(0).device.type == "cpu":
+        if thresholds is not None and _on_host(self.raw_weight(0)):
             thresholds = thresholds.tolist()  # on the CPU reading numbers costs nothing
         for layer, index in enumerate(self._threshold_of_layer):
             weight = self.raw_weight(layer).detach()
