@@ -24,6 +24,7 @@ costs nothing, each group also reads its threshold as one for the fused softshri
 from __future__ import annotations
 
 import math
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Literal, Sequence
@@ -58,7 +59,7 @@ class SoftShrinkGroup(torch.autograd.Function):
       into freshly allocated memory (the kernel faults its pages in: 5.2 ms against 0.8 ms for
       2.9M weights, measured on 2 cores): W_eff is written into the owner's buffer, the masked
       gradient overwrites the incoming gradient (the conv's fresh weight gradient, which nothing
-      else holds), and sign(W) reuses the buffer once the conv no longer needs W_eff. The buffer is
+      else holds), and sign(W) goes into one scratch chunk that stays in the cache. The buffer is
       only lent while nobody else holds the previous W_eff (a weak reference tells), so two
       forwards before one backward, or ``retain_graph``, stay correct: they get fresh memory.
     On GPUs the threshold stays a tensor, so no step waits for a host copy.
@@ -101,7 +102,7 @@ class SoftShrinkGroup(torch.autograd.Function):
         for i, grad in enumerate(grads):
             if grad is None or not ctx.buffered[i]:
                 continue
-            grad_weights[i], signed_sum = _buffered_backward(grad, saved[i], ctx.t, ctx.owners[i], needs_s)
+            grad_weights[i], signed_sum = _buffered_backward(grad, saved[i], ctx.t, needs_s)
             if needs_s:
                 partial_sums.append(signed_sum)
         grad_s = None
@@ -143,26 +144,41 @@ def _shrink_into_buffer(weight: Tensor, t: float, owner: SoftThreshold) -> Tenso
     return owner.lent(buffer.detach())
 
 
-def _buffered_backward(grad: Tensor, weight: Tensor, t: float, owner: SoftThreshold, with_sum: bool):
+def _buffered_backward(grad: Tensor, weight: Tensor, t: float, with_sum: bool):
     """The masked gradient of a big CPU layer and, when ``with_sum``, sum(grad * sign(W)) over
     survivors. Done in chunks of ``CHUNK_NUMEL`` that stay in the cache: masking the gradient in
-    place, writing sign(W) into the owner's buffer and the dot then read main memory once instead
-    of three times (measured: 27 against 37 ms for twelve layers of 2.9M weights on 2 cores)."""
-    buffer = owner.lend_buffer(weight)
+    place, writing sign(W) into a scratch chunk and the dot then read main memory once instead of
+    three times (measured: 27 against 37 ms for twelve layers of 2.9M weights on 2 cores). The
+    scratch is one chunk reused for every chunk of every layer, so it never leaves the cache:
+    writing sign(W) into a per-layer buffer instead wrote all of it back to memory (41.8 against
+    34.3 ms for twelve such layers)."""
     flat_grad, flat_weight = _memory_order(grad), _memory_order(weight)
-    if buffer is None or flat_grad is None or flat_weight is None or grad.stride() != weight.stride() or not _writable(grad):
-        # Rare (a W_eff still held, a gradient we may not overwrite): whole-tensor passes.
+    if flat_grad is None or flat_weight is None or grad.stride() != weight.stride() or not _writable(grad):
+        # Rare (a gradient we may not overwrite, mismatched layouts): whole-tensor passes.
         grad_weight = torch.ops.aten.softshrink_backward(grad, weight, t)
-        if not with_sum:
-            return grad_weight, None
-        signs = weight.sign() if buffer is None else torch.sign(weight, out=buffer)
-        return grad_weight, _dot(grad_weight, signs)
+        return grad_weight, (_dot(grad_weight, weight.sign()) if with_sum else None)
+    if not with_sum:
+        for g, w in zip(flat_grad.split(CHUNK_NUMEL), flat_weight.split(CHUNK_NUMEL)):
+            torch.ops.aten.softshrink_backward.grad_input(g, w, t, grad_input=g)
+        return grad, None
+    scratch = _scratch_chunk(weight.dtype)
     sums = []
-    for g, w, s in zip(flat_grad.split(CHUNK_NUMEL), flat_weight.split(CHUNK_NUMEL), _memory_order(buffer).split(CHUNK_NUMEL)):
+    for g, w in zip(flat_grad.split(CHUNK_NUMEL), flat_weight.split(CHUNK_NUMEL)):
         torch.ops.aten.softshrink_backward.grad_input(g, w, t, grad_input=g)
-        if with_sum:
-            sums.append(torch.dot(g, torch.sign(w, out=s)))
-    return grad, (torch.stack(sums).sum() if with_sum else None)
+        sums.append(torch.dot(g, torch.sign(w, out=scratch[: w.numel()])))
+    return grad, torch.stack(sums).sum()
+
+
+_scratch = threading.local()
+
+
+def _scratch_chunk(dtype: torch.dtype) -> Tensor:
+    """One CPU chunk of ``dtype`` per thread, reused by every big layer's backward."""
+    chunks = _scratch.__dict__.setdefault("chunks", {})
+    chunk = chunks.get(dtype)
+    if chunk is None:
+        chunk = chunks[dtype] = torch.empty(CHUNK_NUMEL, dtype=dtype)
+    return chunk
 
 
 def _count_at_most(weight: Tensor, t: float) -> Tensor:
