@@ -315,14 +315,23 @@ def test_retain_graph_and_held_effective_weights_stay_correct():
     assert torch.equal(held, snapshot)
 
 
+@pytest.mark.parametrize("nan", [False, True], ids=["finite", "a NaN weight"])
+@pytest.mark.parametrize("wide", ["small", "wide", "huge"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_zero_count_of_a_layer_spanning_several_chunks_equals_numpy(channels_last):
-    """The CPU count works chunk by chunk on big layers; it must equal a plain numpy count."""
+def test_zero_count_of_a_layer_spanning_several_chunks_equals_numpy(channels_last, wide, nan):
+    """The CPU count works chunk by chunk on big layers (a dot of signs); it must equal a plain
+    numpy count, weights exactly at +-t included (zero) and just above it (not); a NaN weight is
+    no zero, as |NaN| <= t is false."""
     import numpy as np
 
-    model = _two_convs(wide="huge", channels_last=channels_last)
+    model = _two_convs(wide=wide, channels_last=channels_last)
     raw = model.b.parametrizations.weight.original
     threshold = model.sparsifier.threshold_values()[1].item()
+    with torch.no_grad():
+        edge = torch.tensor(threshold, dtype=torch.float32)
+        above = torch.nextafter(edge, torch.tensor(1.0))
+        raw[0, 0, 0, :3] = torch.stack([edge, -edge, above])
+        raw[-1, -1, -1, -1] = float("nan") if nan else -above  # in the last chunk
     stats = model.sparsifier.stats()
     expected = np.count_nonzero(np.abs(raw.detach().numpy()) <= np.float32(threshold)) / raw.numel()
     assert 0.0 < expected < 1.0
@@ -341,3 +350,4 @@ def test_device_path_gives_the_formula_gradients(monkeypatch, wide):
     model(inputs[0]).square().sum().backward()
     for got, want in zip(model.parameters(), expected):
         assert torch.allclose(got.grad, want, rtol=1e-5, atol=1e-6)
+
