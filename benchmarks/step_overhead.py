@@ -6,7 +6,8 @@ soft-threshold model (thresholds on every conv; the schedule's rescaling and the
 sparsity count every 10 steps). Single steps of the variants alternate (the order flips every
 step), because this machine's speed drifts by a third over seconds; each period of 10 steps, the
 period of the bookkeeping, gives one paired ratio, and the median ratio is reported with a
-distribution-free 95% confidence interval. Target: at most 1.05x.
+distribution-free 95% confidence interval. Target: at most 1.05x, "met" when the whole interval is
+within it.
 
 ``--for-loop-adam`` adds the dense model with PyTorch's for-loop Adam (``optim.fused=false``, the
 default before the fused kernels), to show what the fused optimizer saves.
@@ -34,7 +35,7 @@ MODELS = {  # key: (name, overrides, periods of 10 steps by default)
     "mnv2-224": ("mobilenetv2 + ASPP-256 (224x224, batch 8)", [
         "model.backbone='mobilenetv2'", "model.head='aspp'", "model.head_hidden=256",
         "data.resolution=224", "train.batch_size=8",
-    ], 6),
+    ], 30),  # paired 1.8 s steps still differ by 9-11% (sd) here: 30 periods bound the median to about +-0.015
     # The same at 128x128: the heads see 4x4 features, so the step is bound by passes over the 38M
     # weights rather than by arithmetic - the worst case for the soft threshold.
     "mnv2-128": ("mobilenetv2 + ASPP-256 (128x128, batch 4), weight-bound", [
@@ -48,6 +49,7 @@ VARIANTS = {
     "dense": ["sparsity.enabled=false"],
     "soft-threshold": ["sparsity.enabled=true"],
 }
+TARGET = 1.05
 FOR_LOOP_ADAM = {"dense, for-loop Adam": ["sparsity.enabled=false", "optim.fused=false"]}
 
 
@@ -65,6 +67,16 @@ def median_interval(values: list[float], confidence: float = 0.95) -> tuple[floa
     if j == 0:
         return ordered[0], ordered[-1]
     return ordered[j - 1], ordered[n - j]
+
+
+def verdict(low: float, high: float, target: float = TARGET) -> str:
+    """Met only when the whole confidence interval is within the target, missed when all of it is
+    beyond; a median under the target with an interval across it is no evidence either way."""
+    if high <= target:
+        return "met"
+    if low > target:
+        return "missed"
+    return "at the line"
 
 
 def time_interleaved(trainers: dict, batch, periods: int, period: int = 10, warmup: int = 1) -> dict[str, list[float]]:
@@ -117,7 +129,7 @@ def main() -> None:
         low, high = median_interval(soft)
         ratio = statistics.median(soft)
         line = (f"| {name} | {periods} | {1000 * statistics.median(times['dense']):.1f} | {1000 * statistics.median(times['soft-threshold']):.1f} "
-                f"| {ratio:.3f}x [{low:.3f}, {high:.3f}] | {'met' if ratio <= 1.05 else 'missed'} |")
+                f"| {ratio:.3f}x [{low:.3f}, {high:.3f}] | {verdict(low, high)} |")
         if args.for_loop_adam:
             loop = [s / d for s, d in zip(times["dense, for-loop Adam"], times["dense"])]
             line += f" {statistics.median(loop):.2f}x |"
