@@ -318,10 +318,10 @@ def test_retain_graph_and_held_effective_weights_stay_correct():
 @pytest.mark.parametrize("nan", [False, True], ids=["finite", "a NaN weight"])
 @pytest.mark.parametrize("wide", ["small", "wide", "huge"])
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_zero_count_of_a_layer_spanning_several_chunks_equals_numpy(channels_last, wide, nan):
-    """The CPU count works chunk by chunk on big layers (a dot of signs); it must equal a plain
-    numpy count, weights exactly at +-t included (zero) and just above it (not); a NaN weight is
-    no zero, as |NaN| <= t is false."""
+def test_cpu_zero_count_equals_numpy(channels_last, wide, nan):
+    """The CPU count of every layer size (big layers chunk by chunk, as a dot of signs, "huge"
+    over two chunks) must equal a plain numpy count: weights exactly at +-t are zeros, weights
+    just above t are not, and a NaN weight is no zero, as |NaN| <= t is false."""
     import numpy as np
 
     model = _two_convs(wide=wide, channels_last=channels_last)
@@ -350,4 +350,3 @@ def test_device_path_gives_the_formula_gradients(monkeypatch, wide):
     model(inputs[0]).square().sum().backward()
     for got, want in zip(model.parameters(), expected):
         assert torch.allclose(got.grad, want, rtol=1e-5, atol=1e-6)
-
