@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -37,8 +38,11 @@ def single_conv_sparsifier(weights, threshold):
 
 
 def test_soft_threshold_forward_is_soft_shrink_by_sigmoid_s():
-    # t = sigmoid(s) = 0.1: survivors shrink by 0.1, |W| <= 0.1 become exactly 0.
-    model, _ = single_conv_sparsifier([0.5, -0.2, 0.05, -0.01, 0.0, 0.1], threshold=0.1)
+    # t = sigmoid(s) ~ 0.1: survivors shrink by t, |W| <= t become exactly 0 - a weight exactly
+    # at t included. The rule's t: sigmoid of the float32 s in float64, rounded to float32.
+    s32 = float(np.float32(logit(0.1)))
+    t = float(np.float32(1.0 / (1.0 + math.exp(-s32))))
+    model, _ = single_conv_sparsifier([0.5, -0.2, 0.05, -0.01, 0.0, t], threshold=0.1)
     expected = torch.tensor([0.4, -0.1, 0.0, 0.0, 0.0, 0.0])
     assert torch.allclose(model[0].weight.flatten(), expected, atol=1e-7)
     assert (model[0].weight.flatten()[2:] == 0).all()

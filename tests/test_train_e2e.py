@@ -34,8 +34,13 @@ def test_run_directory_holds_every_file(demo_run):
 def test_summary_has_the_one_report_shape(demo_run):
     summary = json.loads((demo_run / "summary.json").read_text())
     assert summary["step"] == 40
-    assert set(summary["sparsity"]) == {"overall", "components"}
+    assert set(summary["sparsity"]) == {"overall", "components", "zeros", "params"}
     assert list(summary["sparsity"]["components"]) == ["backbone", "head.segment_semantic", "head.normal", "head.depth_zbuffer"]
+    sparsity = summary["sparsity"]
+    # The fractions are the integer counts divided, component by component and overall.
+    for name, value in sparsity["components"].items():
+        assert value == sparsity["zeros"][name] / sparsity["params"][name]
+    assert sparsity["overall"] == sum(sparsity["zeros"].values()) / sum(sparsity["params"].values())
     assert set(summary["thresholds"]) == set(summary["sparsity"]["components"])
     assert set(summary["metrics"]) == {"segment_semantic", "normal", "depth_zbuffer"}
     assert 0 <= summary["metrics"]["segment_semantic"]["pixel_acc"] <= 1

@@ -33,10 +33,17 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from adapmtl_cli.counting import sparsity_report, threshold_value
+
 Granularity = Literal["component", "layer", "global"]
 # A big layer's backward works in chunks of this many weights (2 MiB of float32 per tensor), so
 # that its three passes meet in the cache.
 CHUNK_NUMEL = 1 << 19
+# Bounds of log t the schedule controller sets: t < 1 (sigmoid never reaches it; t that rounds to
+# 1 in float32 zeroes every weight under 1) and s >= about -1e4 (an s of -inf would make Adam's
+# coupled L2 gradient infinite).
+LOG_T_MAX = math.log1p(-1e-7)
+LOG_T_MIN = -1e4
 # From this many weights on, a CPU layer's W_eff lives in a persistent buffer (fresh memory that big
 # is mmapped and page-faulted on every step); smaller layers take the multi-tensor path.
 BUFFER_MIN_NUMEL = 1 << 16
@@ -69,10 +76,9 @@ class SoftShrinkGroup(torch.autograd.Function):
     def forward(ctx, s: Tensor, owners: Sequence[SoftThreshold | None], *weights: Tensor) -> tuple[Tensor, ...]:
         ctx.set_materialize_grads(False)  # an unused W_eff (another task's head) gets no gradient
         ctx.s_dtype = s.dtype
-        threshold = torch.sigmoid(s)
         on_cpu = _on_host(weights[0])
         # On the CPU the kernels take t as a number; reading it costs nothing there.
-        t = float(threshold) if on_cpu else threshold
+        t = threshold_value_checked(float(s)) if on_cpu else threshold_tensor(s)
         ctx.t, ctx.owners = t, owners
         ctx.buffered = [on_cpu and owner is not None and weight.numel() >= BUFFER_MIN_NUMEL
                         for weight, owner in zip(weights, owners)]
@@ -116,6 +122,29 @@ class SoftShrinkGroup(torch.autograd.Function):
             if not needed:
                 grad_weights[i] = None
         return (grad_s, None, *grad_weights)
+
+
+class NonFiniteThresholdError(FloatingPointError):
+    """A threshold parameter became NaN or infinite (a diverged optimizer step)."""
+
+    def __init__(self, index: int | None = None):
+        super().__init__("a soft threshold is not finite")
+        self.index = index
+
+
+def threshold_value_checked(s: float) -> float:
+    """The threshold value of ``s`` (:func:`adapmtl_cli.counting.threshold_value`), refusing a
+    non-finite ``s``: softshrink would fail on a NaN lambda with an unhelpful message."""
+    t = threshold_value(s)
+    if not math.isfinite(t):
+        raise NonFiniteThresholdError()
+    return t
+
+
+def threshold_tensor(s: Tensor) -> Tensor:
+    """The threshold values of ``s`` on its device, by the rule of :mod:`adapmtl_cli.counting`:
+    sigmoid in float64, rounded once to float32 (no host synchronisation)."""
+    return torch.sigmoid(s.detach().double()).float()
 
 
 def _on_host(weight: Tensor) -> bool:
@@ -362,10 +391,8 @@ class Sparsifier(nn.Module):
         self.layers.append(SparseLayer(f"{layer_name}.weight", component, threshold, conv.weight.numel()))
 
     def _register_index_buffers(self) -> None:
-        component_index = [self.component_names.index(layer.component) for layer in self.layers]
         # Non-persistent: derived from the model's structure, never saved.
         self.register_buffer("_layer_numel", torch.tensor([l.numel for l in self.layers], dtype=torch.float64), persistent=False)
-        self.register_buffer("_layer_component", torch.tensor(component_index, dtype=torch.long), persistent=False)
 
     # -- the forward -------------------------------------------------------------------------
 
@@ -393,10 +420,14 @@ class Sparsifier(nn.Module):
         return conv.weight
 
     def threshold_values(self) -> Tensor:
-        """sigmoid(s) of every threshold, on the device, in ``threshold_names`` order."""
+        """t = sigmoid(s) of every threshold, float32, in ``threshold_names`` order, by the one
+        rule of :mod:`adapmtl_cli.counting` (what the forward shrinks by and every count uses)."""
         if not self.enabled:
             return torch.zeros(0)
-        return torch.sigmoid(torch.stack(list(self.thresholds)))
+        s = torch.stack(list(self.thresholds)).detach()
+        if _on_host(s):
+            return torch.tensor([threshold_value(v) for v in s.tolist()], dtype=torch.float32)
+        return threshold_tensor(s)
 
     @torch.no_grad()
     def layer_zeros(self) -> Tensor:
@@ -429,23 +460,13 @@ class Sparsifier(nn.Module):
 
     @torch.no_grad()
     def stats(self) -> SparsityStats:
-        """Layer, component and overall sparsity plus thresholds, copied to the host once."""
+        """Layer, component and overall zero counts plus thresholds, copied to the host once."""
         zeros = self.layer_zeros()
-        numel = self._layer_numel.to(zeros.device)
-        index = self._layer_component.to(zeros.device)
-        n = len(self.component_names)
-        component_zeros = torch.zeros(n, dtype=torch.float64, device=zeros.device).index_add_(0, index, zeros)
-        component_numel = torch.zeros(n, dtype=torch.float64, device=zeros.device).index_add_(0, index, numel)
         thresholds = self.threshold_values().detach().double().to(zeros.device)
-        packed = torch.cat([zeros / numel, component_zeros / component_numel, (zeros.sum() / numel.sum()).view(1), thresholds])
-        values = packed.cpu().tolist()  # the one host copy
+        values = torch.cat([zeros, thresholds]).cpu().tolist()  # the one host copy
         n_layers = len(self.layers)
-        layer = dict(zip((l.key for l in self.layers), values[:n_layers]))
-        component = dict(zip(self.component_names, values[n_layers:n_layers + n]))
-        overall = values[n_layers + n]
-        threshold = dict(zip(self.threshold_names, values[n_layers + n + 1:]))
-        return SparsityStats(overall=overall, components=component, layers=layer, thresholds=threshold,
-                             component_params={c: int(v) for c, v in zip(self.component_names, component_numel.tolist())})
+        return SparsityStats.from_counts(self.component_names, self.layers, [int(v) for v in values[:n_layers]],
+                                         dict(zip(self.threshold_names, values[n_layers:])))
 
     def thresholds_of(self, names: list[str] | None) -> list[nn.Parameter]:
         """The threshold parameters of the given threshold names (all when ``names`` is empty)."""
@@ -456,15 +477,37 @@ class Sparsifier(nn.Module):
 
 @dataclass
 class SparsityStats:
+    """Zero counts and the fractions made from them by the one rule of :mod:`adapmtl_cli.counting`."""
+
     overall: float
     components: dict[str, float]
     layers: dict[str, float]
     thresholds: dict[str, float]
     component_params: dict[str, int]
+    component_zeros: dict[str, int]
+    layer_zeros: dict[str, int]
+
+    @classmethod
+    def from_counts(cls, component_names: list[str], layers: list[SparseLayer], layer_zeros: list[int],
+                    thresholds: dict[str, float]) -> SparsityStats:
+        params = dict.fromkeys(component_names, 0)
+        zeros = dict.fromkeys(component_names, 0)
+        for layer, count in zip(layers, layer_zeros):
+            params[layer.component] += layer.numel
+            zeros[layer.component] += count
+        report = sparsity_report(zeros, params)
+        return cls(overall=report["overall"], components=report["components"],
+                   layers={layer.key: count / layer.numel for layer, count in zip(layers, layer_zeros)},
+                   thresholds=thresholds, component_params=params, component_zeros=zeros,
+                   layer_zeros={layer.key: count for layer, count in zip(layers, layer_zeros)})
+
+    @property
+    def zeros(self) -> int:
+        return sum(self.component_zeros.values())
 
     def as_report(self) -> dict:
         """The ``sparsity`` and ``thresholds`` parts of the one report shape (docs/internals.md)."""
-        return {"sparsity": {"overall": self.overall, "components": dict(self.components)},
+        return {"sparsity": sparsity_report(self.component_zeros, self.component_params),
                 "thresholds": dict(self.thresholds)}
 
 
@@ -504,12 +547,38 @@ class FreezeController:
     def after_step(self, done: int) -> None:
         return None
 
+    def outcome_note(self, stats: SparsityStats) -> str | None:
+        """One line for the summary when the run did not end at its target (None when it did)."""
+        note = target_note(self.target, stats)
+        if note is None:
+            return None
+        if all(value == 1.0 for value in stats.thresholds.values()):
+            return f"{note}: every threshold is 1 (sigmoid of sparsity.init rounds to 1) and zeroes every weight; lower sparsity.init"
+        if stats.overall > self.target:
+            return f"{note}: weights under the frozen thresholds kept collapsing (sparsity.control=schedule lands on it)"
+        if all(value == 0.0 for value in stats.thresholds.values()):
+            return f"{note}: thresholds never rose above 0; raise sparsity.init (or use sparsity.control=schedule)"
+        return f"{note}; raise sparsity.init or optim.weight_decay, or use sparsity.control=schedule"
+
     def state_dict(self) -> dict:
         return {"frozen": self.frozen, "last_overall": self.last_overall}
 
     def load_state_dict(self, state: dict) -> None:
         self.frozen = bool(state["frozen"])
         self.last_overall = float(state["last_overall"])
+
+
+# A run "reaches" its target when it ends this close to it (a fraction of all weights).
+TARGET_TOLERANCE = 0.005
+
+
+def target_note(target: float, stats: SparsityStats) -> str | None:
+    """'target not reached: ...' or 'target overshot: ...' when the overall sparsity ended more
+    than ``TARGET_TOLERANCE`` away from ``target``; None when it landed."""
+    if abs(stats.overall - target) <= TARGET_TOLERANCE:
+        return None
+    verb = "target not reached" if stats.overall < target else "target overshot"
+    return f"{verb}: overall sparsity {stats.overall:.2%}, target {target:.2%}"
 
 
 def effective_state_dict(model: nn.Module) -> dict[str, Tensor]:
@@ -601,21 +670,30 @@ class ScheduleController:
         self.planned = planned_sparsity(done, self.total_steps, self.target, self.start, self.end, self.initial)
         # Within a few hundredths of a point on the way; at the last step (nearly) exact.
         size = self.final_sample_size if done == self.total_steps else self.sample_size
-        factor = self._quantile_factor(self.planned, size)
-        for param in self.sparsifier.thresholds:
-            scaled = (torch.sigmoid(param) * factor).clamp(1e-30, 1 - 1e-7)
-            param.copy_(torch.logit(scaled.double()).to(param.dtype))
+        log_thresholds = torch.nn.functional.logsigmoid(torch.stack(list(self.sparsifier.thresholds)).detach().double())
+        log_factor = self._log_quantile_factor(self.planned, size, log_thresholds)
+        scaled = (log_thresholds + log_factor).clamp(LOG_T_MIN, LOG_T_MAX)
+        # s = logit(t) from log t, finite for any t in (0, 1), however small.
+        s = scaled - torch.log(-torch.expm1(scaled))
+        for param, value in zip(self.sparsifier.thresholds, s.to(self.sparsifier.thresholds[0].device)):
+            param.copy_(value.to(param.dtype))
 
-    def _quantile_factor(self, fraction: float, sample_size: int) -> Tensor:
+    def _log_quantile_factor(self, fraction: float, sample_size: int, log_thresholds: Tensor) -> Tensor:
+        """log k, k the common factor that puts ``fraction`` of the (sampled) weights under their
+        thresholds. Worked in log space: a threshold that underflowed to 0 (sInit -1000: sigmoid
+        is exactly 0 in float32, and |W| / t would be inf) still has a finite log, so it can grow,
+        and the ratios between thresholds are kept however far apart they are."""
         sparsifier = self.sparsifier
-        thresholds = sparsifier.threshold_values()
+        # Thresholds relative to the largest, in (0, 1]: u = |W| / r never overflows float64.
+        relative = torch.exp(log_thresholds - log_thresholds.max())
         pieces = []
         device = sparsifier.raw_weight(0).device
+        relative = relative.to(device)
         for layer, (index, positions) in enumerate(zip(sparsifier._threshold_of_layer, self._sample_positions(sample_size, device))):
             weight = sparsifier.raw_weight(layer).detach().flatten()
             if positions is not None:
                 weight = weight[positions]
-            pieces.append(weight.abs().float() / thresholds[index].float())
+            pieces.append(weight.abs().double() / relative[index])
         normalised = torch.cat(pieces)
         rank = min(normalised.numel(), max(1, math.ceil(fraction * normalised.numel())))
         if normalised.device.type == "cpu":
@@ -623,8 +701,12 @@ class ScheduleController:
             # 2.6 ms for the demo's 183k weights), and exact all the same.
             import numpy as np
 
-            return torch.tensor(float(np.partition(normalised.detach().numpy(), rank - 1)[rank - 1]), dtype=torch.float64)
-        return normalised.kthvalue(rank).values.double()
+            quantile = float(np.partition(normalised.numpy(), rank - 1)[rank - 1])
+        else:
+            quantile = float(normalised.kthvalue(rank).values)
+        # A quantile of 0 (the plan asks for no more zeros than the exact zeros) needs no threshold.
+        log_quantile = math.log(quantile) if quantile > 0 else LOG_T_MIN
+        return torch.tensor(log_quantile, dtype=torch.float64) - log_thresholds.max()
 
     def _sample_positions(self, sample_size: int, device: torch.device) -> list[Tensor | None]:
         """Fixed random positions per layer, drawn once (the same on every rank) and kept on the
@@ -645,6 +727,12 @@ class ScheduleController:
                     positions.append(torch.randint(layer.numel, (count,), generator=generator).to(device))
             self._samples[key] = positions
         return self._samples[key]
+
+    def outcome_note(self, stats: SparsityStats) -> str | None:
+        """One line for the summary when the run did not end at its target (None when it did):
+        only weights above 1, which no sigmoid threshold reaches, can keep it off."""
+        note = target_note(self.target, stats)
+        return None if note is None else f"{note}: weights above 1 in magnitude cannot be thresholded"
 
     def state_dict(self) -> dict:
         return {"last_overall": self.last_overall, "planned": self.planned, "initial": self.initial}

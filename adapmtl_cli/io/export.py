@@ -22,8 +22,9 @@ with t = sigmoid(s), exactly what the model computes with):
     shape and dtype to restore); every other tensor (BN, biases, buffers) is stored as is, in its
     own dtype. With float32 values the decoded tensors are bitwise those of the dense export
     (a ``-0.0`` weight comes back as ``+0.0``, which compares equal); with float16 / bfloat16
-    values they are the float32 weights rounded to that dtype, and the mask is taken *after*
-    rounding, so a weight that underflows to zero is a zero of the file.
+    values they are the float32 weights rounded to that dtype, except that a non-zero too small
+    for it becomes the dtype's smallest subnormal of the same sign: the zeros of every export are
+    exactly the model's (``adapmtl_cli.counting``).
 
 ``program`` (``torch.export`` archive, a zip written by ``torch.export.save``)
     The whole multitask model in eval mode, built without the sparsifier and loaded with the
@@ -151,12 +152,25 @@ def dense_export_bytes(state: dict[str, Tensor], metadata: dict[str, str]) -> by
 
 def encode_sparse(weight: Tensor, values_dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """``(bitmask, values)`` of one tensor: packed non-zero pattern and the non-zeros in order."""
-    flat = weight.detach().reshape(-1)
-    if flat.dtype != values_dtype:
-        flat = flat.to(values_dtype)
+    flat = cast_keeping_zeros(weight.detach().reshape(-1), values_dtype)
     keep = flat != 0
     packed = np.packbits(keep.numpy(), bitorder=BITORDER)
     return torch.from_numpy(packed), flat[keep]
+
+
+def cast_keeping_zeros(weight: Tensor, dtype: torch.dtype) -> Tensor:
+    """``weight`` in ``dtype`` with exactly the same zeros: a non-zero too small for ``dtype``
+    (a survivor just above its threshold: |W| - t can be 1e-9) becomes the smallest subnormal of
+    its sign instead of 0, so the export's zeros are the model's, in every dtype."""
+    cast = weight.to(dtype)
+    if dtype == weight.dtype:
+        return cast
+    lost = (cast == 0) & (weight != 0)
+    if bool(lost.any()):
+        info = torch.finfo(dtype)
+        smallest = torch.tensor(info.tiny * info.eps, dtype=dtype)  # the smallest subnormal
+        cast = torch.where(lost, torch.where(weight > 0, smallest, -smallest), cast)
+    return cast
 
 
 def decode_sparse(bitmask: Tensor, values: Tensor, shape: list[int] | tuple[int, ...], dtype: torch.dtype, name: str = "") -> Tensor:
@@ -285,7 +299,7 @@ def export_checkpoint(checkpoint: Path | str, output_format: str, out: Path | st
             data = dense_export_bytes(state, metadata)
     atomic_write_bytes(out, data)
     weights = sum(state[key].numel() for key in layers)
-    nonzeros = sum(int((state[key].to(values_dtype) != 0).sum()) for key in layers)
+    nonzeros = sum(int((cast_keeping_zeros(state[key], values_dtype) != 0).sum()) for key in layers)
     return ExportResult(
         checkpoint=checkpoint, out=out, format=output_format, checkpoint_size=checkpoint.stat().st_size,
         export_size=out.stat().st_size, values_dtype=_DTYPE_NAMES[values_dtype] if output_format == "sparse" else None,

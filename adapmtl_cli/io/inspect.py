@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from adapmtl_cli.counting import fraction, sparsity_report, threshold_value
 from adapmtl_cli.errors import CheckpointError
 from adapmtl_cli.io.formats import is_torch_save_file
 
@@ -49,8 +50,6 @@ class InspectReport:
 
     def as_dict(self, with_layers: bool = False) -> dict:
         totals = self.component_totals()
-        params = sum(p for p, _ in totals.values())
-        zeros = sum(z for _, z in totals.values())
         document = {
             "file": str(self.path),
             "kind": self.kind,
@@ -58,10 +57,7 @@ class InspectReport:
             "preset": self.preset,
             "tasks": self.tasks,
             "step": self.step,
-            "sparsity": {
-                "overall": zeros / params if params else 0.0,
-                "components": {name: z / p if p else 0.0 for name, (p, z) in totals.items()},
-            },
+            "sparsity": sparsity_report({name: z for name, (_, z) in totals.items()}, {name: p for name, (p, _) in totals.items()}),
             "thresholds": self.thresholds,
             "metrics": self.metrics,
             "params": {name: p for name, (p, _) in totals.items()},
@@ -70,15 +66,10 @@ class InspectReport:
         if with_layers:
             document["layers"] = {
                 layer.key: {"component": layer.component, "params": layer.params,
-                            "sparsity": layer.zeros / layer.params, "threshold": layer.threshold}
+                            "sparsity": fraction(layer.zeros, layer.params), "threshold": layer.threshold}
                 for layer in self.layers
             }
         return document
-
-
-def _sigmoid(s: float) -> np.float32:
-    # float32 like the engine, so borderline weights are counted the same way
-    return np.float32(1.0) / (np.float32(1.0) + np.exp(np.float32(-s), dtype=np.float32))
 
 
 def inspect_file(path: Path | str) -> InspectReport:
@@ -127,7 +118,7 @@ def _inspect_safetensors(path: Path) -> InspectReport:
             sparse = json.loads(metadata["sparse"]) if kind == "adapmtl.sparse" else {}
             keys = set(handle.keys())
             thresholds = {
-                name[len("threshold."):]: float(_sigmoid(float(handle.get_tensor(name))))
+                name[len("threshold."):]: threshold_value(float(handle.get_tensor(name)))
                 for name in keys if name.startswith("threshold.")
             }
             layers = [
@@ -158,7 +149,7 @@ def _count_layer(handle, keys: set[str], key: str, info: dict, thresholds: dict[
         threshold = None
     else:
         threshold = thresholds[threshold_name]
-        zeros = int(np.count_nonzero(np.abs(weight) <= np.float32(threshold)))
+        zeros = int(np.count_nonzero(np.abs(weight.astype(np.float32, copy=False)) <= np.float32(threshold)))
     return LayerInfo(key=key, component=info["component"], params=int(weight.size), zeros=zeros, threshold=threshold)
 
 
@@ -210,7 +201,7 @@ def _inspect_reference(path: Path) -> InspectReport:
     from adapmtl_cli.io.reference import load_reference_checkpoint
 
     reference = load_reference_checkpoint(path)
-    thresholds = {name: float(torch.sigmoid(value.float())) for name, value in reference.thresholds.items()}
+    thresholds = {name: threshold_value(float(value)) for name, value in reference.thresholds.items()}
     layers = []
     for key, tensor in reference.state_dict.items():
         if tensor.dim() != 4 or not key.endswith(".weight"):

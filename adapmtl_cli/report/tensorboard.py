@@ -28,6 +28,10 @@ class TensorBoardLogger:
         if self._writer is not None:
             self._writer.add_scalar(tag, value, step)
 
+    def count(self, tag: str, value: int, step: int) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar(tag, float(value), step, new_style=True, double_precision=True)
+
     def train_step(self, step: int, lr: float, losses: dict[str, float], weights: dict[str, float], overall: float | None) -> None:
         if self._writer is None:
             return
@@ -44,6 +48,11 @@ class TensorBoardLogger:
         self.scalar("sparsity/overall_sparsity", stats.overall, step)
         for component, value in stats.components.items():
             self.scalar(f"sparsity/{component}", 100.0 * value, step)
+        # The integer zero counts, stored in float64 (exact up to 2**53: a float32 scalar is not
+        # beyond 2**24 weights), the same numbers as summary.json, inspect and eval.
+        self.count("Zeros/overall", stats.zeros, step)
+        for component, count in stats.component_zeros.items():
+            self.count(f"Zeros/{component}", count, step)
         if with_layers:
             for key, value in stats.layers.items():
                 component = layer_components[key]
