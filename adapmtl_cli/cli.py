@@ -124,6 +124,8 @@ def _render_summary(summary: dict, run_dir: Path) -> None:
     console = _console()
     console.print(sparsity_table(summary, title=f"Sparsity at step {summary['step']}"))
     console.print(metrics_table(summary["metrics"], title="Test metrics (final model)"))
+    for note in summary.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
     console.print(f"run directory: [bold]{run_dir}[/]")
 
 

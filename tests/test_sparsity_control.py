@@ -80,3 +80,20 @@ def test_the_plan_starts_from_the_sparsity_already_reached():
     expected = 0.9 + (before - 0.9) * (1 - 1 / 60) ** 3
     n = sum(layer.numel for layer in model.sparsifier.layers)
     assert exact_overall(model) == pytest.approx(expected, abs=2 / n)
+
+
+@pytest.mark.parametrize("init", [-1000.0, -1e4, 20.0, 1e4])
+@pytest.mark.parametrize("granularity", ["component", "layer"])
+def test_controller_lands_from_thresholds_that_are_0_or_1_in_float32(init, granularity):
+    """sigmoid(-1000) is exactly 0 in float32 and sigmoid(20) exactly 1: |W| / t is inf or every
+    weight is zero. The controller must still land on the plan and leave finite thresholds."""
+    model = make_model(granularity)
+    with torch.no_grad():
+        for param in model.sparsifier.thresholds:
+            param.fill_(init)
+    assert exact_overall(model) == (1.0 if init > 0 else 0.0)
+    controller = ScheduleController(model.sparsifier, 0.8, total_steps=100, start=0.1, end=0.7)
+    controller.after_step(100)
+    n = sum(layer.numel for layer in model.sparsifier.layers)
+    assert exact_overall(model) == pytest.approx(0.8, abs=2 / n)
+    assert all(torch.isfinite(p).all() for p in model.sparsifier.thresholds)

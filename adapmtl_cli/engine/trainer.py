@@ -29,6 +29,7 @@ from adapmtl_cli.config import Config, config_to_json
 from adapmtl_cli.engine import distributed as dist_utils
 from adapmtl_cli.engine.evaluator import autocast_context, evaluate
 from adapmtl_cli.engine.sampling import ResumableBatchSampler
+from adapmtl_cli.engine.sparsity import NonFiniteThresholdError
 from adapmtl_cli.errors import DivergedError, Interrupted
 from adapmtl_cli.io import checkpoint as ckpt
 from adapmtl_cli.io import state as state_io
@@ -204,7 +205,11 @@ class Trainer:
             self.model.train()
             for step in range(self.start_step, steps):
                 image, targets = next(batches)
-                record = self.train_step(step, image, targets)
+                try:
+                    record = self.train_step(step, image, targets)
+                except NonFiniteThresholdError:
+                    # Set by the previous update, so this step's state is not a good one: keep the last saved.
+                    self._diverged(step, "a soft threshold", saved=False)
                 done = step + 1
                 if progress is not None:
                     progress.update(bar, completed=done, loss=record["total"], sparsity=self.controller.last_overall)
@@ -247,7 +252,8 @@ class Trainer:
         host = packed.cpu()  # the step's one host synchronisation
         task_losses = host[: len(self.tasks)]
         if not torch.isfinite(task_losses).all():
-            self._diverged(step, task_losses)
+            bad = [name for name, value in zip(self.tasks, task_losses.tolist()) if not math.isfinite(value)]
+            self._diverged(step, f"the loss of task {bad[0]!r}")
         self.weighting.update(task_losses, step)
         if check:
             self.controller.observe(float(host[-1]))
@@ -268,14 +274,25 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"],
         }
 
-    def _diverged(self, step: int, task_losses: torch.Tensor) -> None:
-        bad = [name for name, value in zip(self.tasks, task_losses.tolist()) if not math.isfinite(value)]
-        # The weights have not been updated by this step: they are the last good ones.
-        self._save_state(step)
+    def _diverged(self, step: int, what: str, saved: bool = True) -> None:
+        # Before this step's update: the weights are the last good ones, keep them.
+        if saved:
+            self._save_state(step)
+        if saved:
+            where = f"the last good state is in {self.files.state}"
+        else:
+            where = f"the last saved state is in {self.files.state}" if self.files.state.is_file() else "no state was saved"
         raise DivergedError(
-            f"training diverged at step {step + 1}: the loss of task {bad[0]!r} is not finite; "
-            f"the last good state is in {self.files.state}; lower optim.lr or check the data"
+            f"training diverged at step {step + 1}: {what} is not finite; {where}; lower optim.lr or check the data"
         )
+
+    def _check_finite_parameters(self, done: int) -> None:
+        """Before a validation or the end: the update of step ``done`` is checked by no loss yet,
+        and a model with a non-finite weight or threshold must never be saved as best or final."""
+        with torch.no_grad():
+            bad = next((name for name, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+        if bad is not None:
+            self._diverged(done - 1, f"parameter {bad!r} after the update", saved=False)
 
     # -- periodic work -----------------------------------------------------------------------
 
@@ -307,6 +324,7 @@ class Trainer:
         self.log(f"step {done}: all {len(gathered)} ranks hold identical parameters (fingerprint {float(gathered[0]):.10e})")
 
     def _validate(self, done: int) -> None:
+        self._check_finite_parameters(done)
         self._check_ranks_agree(done)
         config = self.config
         split = self.data.test if config.train.select_on == "test" else self.data.val
@@ -351,9 +369,12 @@ class Trainer:
 
     def _finish(self) -> dict:
         config = self.config
-        report = self.sparsity_report()
+        self._check_finite_parameters(config.train.steps)
+        stats = self.sparsifier.stats()
+        report = stats.as_report()
         metrics, _ = evaluate(self.model, self._eval_loader(self.data.test), self.tasks, self.device, config.train.amp)
-        summary = {"step": config.train.steps, **report, "metrics": metrics,
+        note = self.controller.outcome_note(stats) if self.sparsifier.enabled else None
+        summary = {"step": config.train.steps, **report, "metrics": metrics, "notes": [note] if note else [],
                    "best": self.best, "selection": {"split": config.train.select_on,
                                                      "note": "paper mode selects on the test split, as the reference did (QUIRK)" if config.train.select_on == "test" else "selected on a validation split carved from train"}}
         if self.main:
@@ -362,6 +383,8 @@ class Trainer:
                 self.log("no evaluation reached the target sparsity: best.safetensors is the final model")
                 ckpt.save_checkpoint(self.files.best, self.model, self.config_json, config.train.steps, {**report, "metrics": metrics})
             ckpt.atomic_write_text(self.files.summary, json.dumps(summary, indent=2) + "\n")
+            if note:
+                self.log(note)
             self.log(f"finished: overall sparsity {report['sparsity']['overall']:.2%}; model in {self.files.model}")
         self.tb.close()
         return summary

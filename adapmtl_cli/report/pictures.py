@@ -23,7 +23,9 @@ def picture_grid(images: torch.Tensor, targets: dict, outputs: dict, tasks: dict
         for name, task in tasks.items():
             pred, gt = task.render(outputs[name][i].detach(), targets[name][i])
             tiles += [gt.cpu(), pred.cpu()]
-        rows.append(_hstack([t.float() for t in tiles], gap))
+        # Invalid ground truth (NaN) and a diverging prediction (inf) show as black, not as
+        # undefined bytes.
+        rows.append(_hstack([t.float().nan_to_num(nan=0.0, posinf=1.0, neginf=0.0) for t in tiles], gap))
     return _vstack(rows, gap)
 
 
