@@ -8,6 +8,12 @@ One step, top to bottom:
      overall sparsity; a non-finite loss stops the run before the weights change
   5. the stop rule (freeze thresholds at the target), the weighting update
   6. optimizer step (Adam, coupled L2 on every parameter), StepLR step
+Paper mode (the weighting's ``weighs_current_step``) follows the reference's order instead: after
+1, the losses are averaged over ranks and read to the host (a non-finite one stops the run), the
+weighting records them, and 2 uses weights that already include this step's loss change; 4 then
+reads only the sparsity. Standard mode deliberately weighs step i with the changes recorded up to
+step i - 1 (weights one step behind the reference's), which saves that host read between the
+forward and the backward (engine/weighting/adaptive.py).
 Every ``val_every`` steps: validation, ``best.safetensors`` among evaluations at the target
 sparsity, ``state.safetensors`` for ``--resume``. Only rank 0 writes files and prints.
 """
@@ -231,24 +237,38 @@ class Trainer:
         if self.config.train.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
-        weights = self.weighting.weights() * self.priorities
+        current = self.weighting.weighs_current_step  # paper mode: the reference's order
+        if not current:
+            weights = self.weighting.weights() * self.priorities
         with autocast_context(self.device, self.config.train.amp):
             outputs = self.ddp_model(image)
         losses = torch.stack([task.loss(outputs[name].float(), targets[name]) for name, task in self.tasks.items()])
+        if current:
+            # Step i's losses update the weights that multiply them: one more host read per step.
+            task_losses = losses.detach().to(torch.float64, copy=True)  # reduced in place: never the graph's
+            dist_utils.all_reduce_mean_(task_losses)  # every rank then weighs identically
+            task_losses = task_losses.cpu()
+            if not torch.isfinite(task_losses).all():
+                self._diverged(step, task_losses)
+            self.weighting.update(task_losses, step)
+            weights = self.weighting.weights() * self.priorities
         total = (weights.to(self.device, losses.dtype) * losses).sum()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
 
         check = self.controller.wants_check(step)
-        packed = losses.detach().double()
+        parts = [] if current else [losses.detach().double()]  # paper mode has read the losses
         if check:
-            packed = torch.cat([packed, self.sparsifier.overall_sparsity().view(1).to(packed.device)])
-        dist_utils.all_reduce_mean_(packed)  # every rank then weighs and freezes identically
-        host = packed.cpu()  # the step's one host synchronisation
-        task_losses = host[: len(self.tasks)]
-        if not torch.isfinite(task_losses).all():
-            self._diverged(step, task_losses)
-        self.weighting.update(task_losses, step)
+            parts.append(self.sparsifier.overall_sparsity().view(1).to(device=losses.device, dtype=torch.float64))
+        if parts:
+            packed = torch.cat(parts)
+            dist_utils.all_reduce_mean_(packed)  # every rank then weighs and freezes identically
+            host = packed.cpu()  # the step's one host synchronisation (standard mode)
+        if not current:
+            task_losses = host[: len(self.tasks)]
+            if not torch.isfinite(task_losses).all():
+                self._diverged(step, task_losses)
+            self.weighting.update(task_losses, step)
         if check:
             self.controller.observe(float(host[-1]))
         self.controller.after_backward()
