@@ -20,7 +20,6 @@ sparsity, ``state.safetensors`` for ``--resume``. Only rank 0 writes files and p
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -38,6 +37,7 @@ from adapmtl_cli.engine.sampling import ResumableBatchSampler
 from adapmtl_cli.errors import DivergedError, Interrupted
 from adapmtl_cli.io import checkpoint as ckpt
 from adapmtl_cli.io import state as state_io
+from adapmtl_cli.report import jsonout
 
 # Evaluations whose overall sparsity is this close to the target may be selected as "best".
 SELECTION_TOLERANCE = 0.005
@@ -357,7 +357,7 @@ class Trainer:
                 self.tb.image("Pictures/input_then_truth_and_prediction_per_task", grid, done)
             entry = {"step": done, "split": config.train.select_on, "losses": losses, **report, "metrics": metrics, "best": is_best}
             with open(self.files.metrics, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(entry) + "\n")
+                handle.write(jsonout.dumps(entry) + "\n")
             if is_best:
                 ckpt.save_checkpoint(self.files.best, self.model, self.config_json, done, {**report, "metrics": metrics})
             self.log(f"step {done}: {config.train.select_on} loss {score:.4f}, sparsity {report['sparsity']['overall']:.2%}"
@@ -381,7 +381,7 @@ class Trainer:
             if self.best is None:
                 self.log("no evaluation reached the target sparsity: best.safetensors is the final model")
                 ckpt.save_checkpoint(self.files.best, self.model, self.config_json, config.train.steps, {**report, "metrics": metrics})
-            ckpt.atomic_write_text(self.files.summary, json.dumps(summary, indent=2) + "\n")
+            ckpt.atomic_write_text(self.files.summary, jsonout.dumps(summary, indent=2) + "\n")
             self.log(f"finished: overall sparsity {report['sparsity']['overall']:.2%}; model in {self.files.model}")
         self.tb.close()
         return summary
