@@ -211,6 +211,15 @@ def test_null_metrics_on_either_side_of_a_baseline_are_skipped(runs, capsys, tmp
         assert {"task": "segment_semantic", "metric": "miou", "reason": reason} in delta["skipped"]
         assert "miou" not in delta["per_metric"].get("segment_semantic", {})
 
+    # A baseline that defines none of the model's metrics: Delta_T is undefined, null, and fails a gate.
+    empty = tmp_path / "empty.json"
+    empty.write_text('{"metrics": {"segment_semantic": {"miou": null}}}')
+    assert main(["eval", str(trained), "--baseline", str(empty), "--json"]) == 0
+    assert strict_loads(capsys.readouterr().out)["delta"]["delta_t"] is None
+    assert main(["eval", str(trained), "--baseline", str(empty), "--fail-under", "-100"]) == 1
+    err = capsys.readouterr().err
+    assert "Delta_T is undefined" in err and err.count("adapmtl: error") == 1 and "Traceback" not in err
+
     assert main(["compare", str(blind), "--baseline", str(trained_json), "--json"]) == 0
     comparison = strict_loads(capsys.readouterr().out)
     assert comparison["rows"][1]["metrics"]["segment_semantic"]["miou"] is None
