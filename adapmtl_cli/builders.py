@@ -69,7 +69,10 @@ def build_weighting(config: Config):
     if config.weighting.method == "equal":
         return build("equal", num_tasks)
     normalise_to = 3.0 if config.weighting.quirk_normalise_to_three else None
-    return build("adaptive", num_tasks, begin=config.weighting.begin, window=config.weighting.window, normalise_to=normalise_to)
+    # Paper mode weighs each step's losses with weights that include that step's change, as the
+    # reference does (one host read per step); standard mode uses the earlier steps' (no sync).
+    return build("adaptive", num_tasks, begin=config.weighting.begin, window=config.weighting.window, normalise_to=normalise_to,
+                 current_step=config.mode == "paper")
 
 
 def task_priorities(config: Config) -> torch.Tensor:

@@ -6,7 +6,6 @@ Human output goes to stderr; ``--json`` prints exactly one JSON document on stdo
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -51,7 +50,10 @@ def _console():
 
 
 def _print_json(document) -> None:
-    sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    """Strict JSON (an undefined metric is null, never NaN) so jq and JavaScript parse it."""
+    from adapmtl_cli.report.jsonout import dumps
+
+    sys.stdout.write(dumps(document, indent=2) + "\n")
 
 
 # -- train ----------------------------------------------------------------------------------
@@ -218,8 +220,14 @@ def eval_command(
         _print_json(result)
     else:
         _render_eval(result)
-    if fail_under is not None and not result["delta"]["delta_t"] >= fail_under:
-        raise GateFailed(f"{checkpoint}: Delta_T {result['delta']['delta_t']:+.2f} is below --fail-under {fail_under:+.2f}")
+    if fail_under is not None and not result["delta"]["delta_t"] >= fail_under:  # NaN (undefined) fails too
+        from adapmtl_cli.report.jsonout import is_undefined
+
+        delta_t = result["delta"]["delta_t"]
+        if is_undefined(delta_t):
+            raise GateFailed(f"{checkpoint}: Delta_T is undefined (no metric is defined in both it and the baseline; "
+                             f"see delta.skipped in --json), so it cannot pass --fail-under {fail_under:+.2f}")
+        raise GateFailed(f"{checkpoint}: Delta_T {delta_t:+.2f} is below --fail-under {fail_under:+.2f}")
 
 
 def _render_eval(result: dict) -> None:

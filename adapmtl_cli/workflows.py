@@ -214,7 +214,8 @@ def compare(files: list[Path], baseline: Path, **eval_options) -> dict:
         table.append({
             "model": label, "file": str(path), "metrics": result["metrics"],
             "sparsity": result.get("sparsity", {}),
-            "delta": {"per_task": scores.per_task, "delta_t": scores.delta_t, "delta_p": scores.delta_p},
+            "delta": {"per_task": scores.per_task, "delta_t": scores.delta_t, "delta_p": scores.delta_p,
+                      "skipped": [vars(s) for s in scores.skipped]},
         })
     return {"baseline": str(baseline), "rows": table, "definition": scores.definition if rows else {}}
 
@@ -266,20 +267,29 @@ def comparison_columns(comparison: dict) -> tuple[list[str], list[list[str]]]:
     body = []
     for row in rows:
         cells = [row["model"]]
-        cells += [_fmt(row["metrics"].get(task, {}).get(key)) for task, key in metric_keys]
+        cells += [_fmt_metric(row["metrics"].get(task, {}), key) for task, key in metric_keys]
+        # A task left out of per_task had no metric both sides define: its Delta is n/a.
         cells += [_fmt(row["delta"]["per_task"].get(task), signed=True) for task in tasks]
         components_of = row["sparsity"].get("components", {})
-        cells += [_fmt(100 * components_of[c] if c in components_of else None) for c in components]
+        cells += [_fmt(100 * components_of[c]) if c in components_of else "-" for c in components]
         overall = row["sparsity"].get("overall")
-        cells += [_fmt(None if overall is None else 100 * overall), _fmt(row["delta"]["delta_t"], signed=True),
+        cells += ["-" if overall is None else _fmt(100 * overall), _fmt(row["delta"]["delta_t"], signed=True),
                   _fmt(row["delta"]["delta_p"], signed=True)]
         body.append(cells)
     return header, body
 
 
+def _fmt_metric(values: dict, key: str) -> str:
+    """A metric cell: "-" when the model has no such metric, "n/a" when it is undefined (null)."""
+    return _fmt(values[key]) if key in values else "-"
+
+
 def _fmt(value, signed: bool = False) -> str:
-    if value is None:
-        return "-"
+    """A number cell; "n/a" for an undefined one (None or not finite)."""
+    from adapmtl_cli.report.jsonout import UNDEFINED, is_undefined
+
+    if is_undefined(value):
+        return UNDEFINED
     return f"{value:+.2f}" if signed else f"{value:.4g}" if abs(value) < 1 else f"{value:.2f}"
 
 

@@ -34,6 +34,8 @@ from pathlib import Path
 
 from steptime import report
 
+from adapmtl_cli.report import jsonout
+
 # A harder setting than the demo's (more classes, larger images, a wider network), so a dense
 # model is clearly not saturated in the step budget.
 DATA = ["data.resolution=64", "data.num_classes=8", "data.train_size=8192", "data.val_size=128", "data.test_size=512",
@@ -99,13 +101,18 @@ def _lth(root: Path, half_dense: Path, target: float, steps: int) -> Path:
     return root / "lth" / "model.safetensors"
 
 
+def _mean_or_null(values: list) -> float | None:
+    """The mean over seeds; null (undefined) when a seed's metric is undefined (null in its JSON)."""
+    return None if any(v is None for v in values) else statistics.mean(values)
+
+
 def pooled_baseline(seed_dirs: list[Path], out: Path) -> Path:
     """The dense models' metrics averaged over seeds: a baseline free of one dense run's luck."""
     documents = [json.loads((d / "dense.json").read_text()) for d in seed_dirs]
     pooled = dict(documents[0], file="dense, mean over seeds")
-    pooled["metrics"] = {task: {key: statistics.mean(doc["metrics"][task][key] for doc in documents) for key in metrics}
+    pooled["metrics"] = {task: {key: _mean_or_null([doc["metrics"][task][key] for doc in documents]) for key in metrics}
                          for task, metrics in documents[0]["metrics"].items()}
-    out.write_text(json.dumps(pooled))
+    out.write_text(jsonout.dumps(pooled))
     return out
 
 

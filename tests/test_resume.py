@@ -7,6 +7,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 from safetensors.numpy import load_file
 
 from adapmtl_cli.cli import main
@@ -30,11 +31,13 @@ def stop_at(monkeypatch, step_to_stop, signum=signal.SIGTERM):
     monkeypatch.setattr(Trainer, "train_step", train_step)
 
 
-def test_interrupted_run_resumes_bitwise(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("mode", ["standard", "paper"])  # paper mode updates the weighting before the backward
+def test_interrupted_run_resumes_bitwise(tmp_path, monkeypatch, capsys, mode):
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
-    assert main(["train", "--out", str(straight), "--quiet", *FAST]) == 0
+    run = [*FAST, f"mode={mode!r}"]
+    assert main(["train", "--out", str(straight), "--quiet", *run]) == 0
     stop_at(monkeypatch, 12)  # after 13 steps, between two validations
-    assert main(["train", "--out", str(interrupted), "--quiet", *FAST]) == 130
+    assert main(["train", "--out", str(interrupted), "--quiet", *run]) == 130
     err = capsys.readouterr().err
     assert "step 13" in err and "--resume" in err
     assert not (interrupted / "model.safetensors").exists()
@@ -49,7 +52,8 @@ def test_interrupted_run_resumes_bitwise(tmp_path, monkeypatch, capsys):
     assert steps == [8, 16, 24]
 
 
-def test_divergence_exits_4_names_the_task_and_keeps_the_last_good_state(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("mode", ["standard", "paper"])  # paper mode checks the losses before the backward
+def test_divergence_exits_4_names_the_task_and_keeps_the_last_good_state(tmp_path, monkeypatch, capsys, mode):
     from adapmtl_cli.tasks.normal import NormalTask
 
     original = NormalTask.loss
@@ -61,11 +65,14 @@ def test_divergence_exits_4_names_the_task_and_keeps_the_last_good_state(tmp_pat
         return value * float("nan") if calls["n"] == 6 else value
 
     monkeypatch.setattr(NormalTask, "loss", loss)
-    assert main(["train", "--out", str(tmp_path), "--quiet", *FAST]) == 4
+    assert main(["train", "--out", str(tmp_path), "--quiet", *FAST, f"mode={mode!r}"]) == 4
     err = capsys.readouterr().err
     assert "'normal'" in err and "diverged at step 6" in err and err.count("\n") == 1
     state = load_file(str(tmp_path / "state.safetensors"))
     assert all(np.isfinite(v).all() for k, v in state.items() if v.dtype.kind == "f")
+    # The weighting never saw the bad step: the loss of step 5 (index 4 = weighting.begin) only
+    # seeded it, and no change was recorded.
+    assert int(state["weighting.count"]) == 0 and np.isfinite(state["weighting.previous"]).all()
 
 
 WRITER = textwrap.dedent("""

@@ -29,6 +29,10 @@ def rule_threshold(s: float) -> np.float32:
     return np.float32(1.0 / (1.0 + math.exp(-s))) if s > -200 else np.float32(0.0)
 
 
+def refuse_non_finite(constant: str):
+    raise ValueError(f"{constant} in JSON output")
+
+
 def recount(checkpoint) -> tuple[int, int]:
     """Zeros and weights of the checkpoint's sparsified conv weights: |W| <= t, numpy only."""
     zeros = total = 0
@@ -109,7 +113,7 @@ def test_every_valid_setting_trains_or_stops_cleanly(tmp_path_factory, capsys, v
         errors = [line for line in captured.err.splitlines() if line.startswith("adapmtl:")]
         assert len(errors) == 1, captured.err  # one line naming the field or the divergence
         return
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(), parse_constant=refuse_non_finite)
     assert all(math.isfinite(t) and 0.0 <= t <= 1.0 for t in summary["thresholds"].values())
     zeros, total = recount(out / "model.safetensors")
     assert sum(summary["sparsity"]["zeros"].values()) == zeros

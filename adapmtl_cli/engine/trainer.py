@@ -8,13 +8,18 @@ One step, top to bottom:
      overall sparsity; a non-finite loss stops the run before the weights change
   5. the stop rule (freeze thresholds at the target), the weighting update
   6. optimizer step (Adam, coupled L2 on every parameter), StepLR step
+Paper mode (the weighting's ``weighs_current_step``) follows the reference's order instead: after
+1, the losses are averaged over ranks and read to the host (a non-finite one stops the run), the
+weighting records them, and 2 uses weights that already include this step's loss change; 4 then
+reads only the sparsity. Standard mode deliberately weighs step i with the changes recorded up to
+step i - 1 (weights one step behind the reference's), which saves that host read between the
+forward and the backward (engine/weighting/adaptive.py).
 Every ``val_every`` steps: validation, ``best.safetensors`` among evaluations at the target
 sparsity, ``state.safetensors`` for ``--resume``. Only rank 0 writes files and prints.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -33,6 +38,7 @@ from adapmtl_cli.engine.sparsity import NonFiniteThresholdError
 from adapmtl_cli.errors import DivergedError, Interrupted
 from adapmtl_cli.io import checkpoint as ckpt
 from adapmtl_cli.io import state as state_io
+from adapmtl_cli.report import jsonout
 
 # Evaluations whose overall sparsity is this close to the target may be selected as "best".
 SELECTION_TOLERANCE = 0.005
@@ -236,25 +242,36 @@ class Trainer:
         if self.config.train.channels_last:
             image = image.contiguous(memory_format=torch.channels_last)
         targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
-        weights = self.weighting.weights() * self.priorities
+        current = self.weighting.weighs_current_step  # paper mode: the reference's order
+        if not current:
+            weights = self.weighting.weights() * self.priorities
         with autocast_context(self.device, self.config.train.amp):
             outputs = self.ddp_model(image)
         losses = torch.stack([task.loss(outputs[name].float(), targets[name]) for name, task in self.tasks.items()])
+        if current:
+            # Step i's losses update the weights that multiply them: one more host read per step.
+            task_losses = losses.detach().to(torch.float64, copy=True)  # reduced in place: never the graph's
+            dist_utils.all_reduce_mean_(task_losses)  # every rank then weighs identically
+            task_losses = task_losses.cpu()
+            self._check_losses(step, task_losses)
+            self.weighting.update(task_losses, step)
+            weights = self.weighting.weights() * self.priorities
         total = (weights.to(self.device, losses.dtype) * losses).sum()
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
 
         check = self.controller.wants_check(step)
-        packed = losses.detach().double()
+        parts = [] if current else [losses.detach().double()]  # paper mode has read the losses
         if check:
-            packed = torch.cat([packed, self.sparsifier.overall_sparsity().view(1).to(packed.device)])
-        dist_utils.all_reduce_mean_(packed)  # every rank then weighs and freezes identically
-        host = packed.cpu()  # the step's one host synchronisation
-        task_losses = host[: len(self.tasks)]
-        if not torch.isfinite(task_losses).all():
-            bad = [name for name, value in zip(self.tasks, task_losses.tolist()) if not math.isfinite(value)]
-            self._diverged(step, f"the loss of task {bad[0]!r}")
-        self.weighting.update(task_losses, step)
+            parts.append(self.sparsifier.overall_sparsity().view(1).to(device=losses.device, dtype=torch.float64))
+        if parts:
+            packed = torch.cat(parts)
+            dist_utils.all_reduce_mean_(packed)  # every rank then weighs and freezes identically
+            host = packed.cpu()  # the step's one host synchronisation (standard mode)
+        if not current:
+            task_losses = host[: len(self.tasks)]
+            self._check_losses(step, task_losses)
+            self.weighting.update(task_losses, step)
         if check:
             self.controller.observe(float(host[-1]))
         self.controller.after_backward()
@@ -273,6 +290,11 @@ class Trainer:
             "overall": float(host[-1]) if check else None,
             "lr": self.optimizer.param_groups[0]["lr"],
         }
+
+    def _check_losses(self, step: int, task_losses: torch.Tensor) -> None:
+        if not torch.isfinite(task_losses).all():
+            bad = [name for name, value in zip(self.tasks, task_losses.tolist()) if not math.isfinite(value)]
+            self._diverged(step, f"the loss of task {bad[0]!r}")
 
     def _diverged(self, step: int, what: str, saved: bool = True) -> None:
         # Before this step's update: the weights are the last good ones, keep them.
@@ -355,7 +377,7 @@ class Trainer:
                 self.tb.image("Pictures/input_then_truth_and_prediction_per_task", grid, done)
             entry = {"step": done, "split": config.train.select_on, "losses": losses, **report, "metrics": metrics, "best": is_best}
             with open(self.files.metrics, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(entry) + "\n")
+                handle.write(jsonout.dumps(entry) + "\n")
             if is_best:
                 ckpt.save_checkpoint(self.files.best, self.model, self.config_json, done, {**report, "metrics": metrics})
             self.log(f"step {done}: {config.train.select_on} loss {score:.4f}, sparsity {report['sparsity']['overall']:.2%}"
@@ -382,7 +404,7 @@ class Trainer:
             if self.best is None:
                 self.log("no evaluation reached the target sparsity: best.safetensors is the final model")
                 ckpt.save_checkpoint(self.files.best, self.model, self.config_json, config.train.steps, {**report, "metrics": metrics})
-            ckpt.atomic_write_text(self.files.summary, json.dumps(summary, indent=2) + "\n")
+            ckpt.atomic_write_text(self.files.summary, jsonout.dumps(summary, indent=2) + "\n")
             if note:
                 self.log(note)
             self.log(f"finished: overall sparsity {report['sparsity']['overall']:.2%}; model in {self.files.model}")

@@ -20,6 +20,7 @@ from torch import Tensor
 import adapmtl_cli
 from adapmtl_cli.errors import CheckpointError
 from adapmtl_cli.io.formats import is_torch_save_file
+from adapmtl_cli.report import jsonout
 
 FORMAT = "adapmtl.checkpoint"
 FORMAT_VERSION = "1"
@@ -143,9 +144,9 @@ def checkpoint_metadata(model: torch.nn.Module, config_json: str, step: int, rep
         "step": str(step),
         "tasks": json.dumps(list(model.heads)),
         "layers": json.dumps(layers),
-        "sparsity": json.dumps(report.get("sparsity", {})),
-        "thresholds": json.dumps(report.get("thresholds", {})),
-        "metrics": json.dumps(report.get("metrics", {})),
+        "sparsity": jsonout.dumps(report.get("sparsity", {})),
+        "thresholds": jsonout.dumps(report.get("thresholds", {})),
+        "metrics": jsonout.dumps(report.get("metrics", {})),
     }
 
 

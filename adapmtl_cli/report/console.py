@@ -7,6 +7,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from adapmtl_cli.report.jsonout import UNDEFINED, is_undefined
+
 stderr_console = Console(stderr=True)
 if not stderr_console.is_terminal:
     # Logs and CI capture: rich would assume 80 columns and cut the tables' names.
@@ -69,7 +71,10 @@ def sparsity_table(report: dict, params: dict[str, int] | None = None, nonzeros:
     return table
 
 
-def format_metric(key: str, value: float) -> str:
+def format_metric(key: str, value: float | None) -> str:
+    """A metric in its table unit; an undefined one (null in JSON, or NaN) is "n/a"."""
+    if is_undefined(value):
+        return UNDEFINED
     if key in FRACTION_METRICS:
         return f"{100 * value:.2f}%"
     return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
@@ -125,6 +130,11 @@ def delta_table(delta: dict) -> Table:
     table.add_column("Delta_T (sum)", justify="right")
     table.add_column("Delta_p (mean)", justify="right")
     for task, value in delta["per_task"].items():
-        table.add_row(task, f"{value:+.2f}", f"{delta['per_task_mean'][task]:+.2f}")
-    table.add_row("[bold]all tasks", f"[bold]{delta['delta_t']:+.2f}", f"[bold]{delta['delta_p']:+.2f}")
+        table.add_row(task, _signed(value), _signed(delta["per_task_mean"][task]))
+    table.add_row("[bold]all tasks", f"[bold]{_signed(delta['delta_t'])}", f"[bold]{_signed(delta['delta_p'])}")
     return table
+
+
+def _signed(value: float | None) -> str:
+    """A Delta in percent with its sign; "n/a" when undefined (no metric could be compared)."""
+    return UNDEFINED if is_undefined(value) else f"{value:+.2f}"

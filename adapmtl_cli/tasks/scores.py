@@ -9,8 +9,10 @@ For metric j of task i with value M and baseline B, the signed relative change i
 
 The two differ whenever tasks have different numbers of metrics: under Delta_T a task with five
 metrics weighs five times more than one with a single metric. Compute them from unrounded metrics.
-Only metrics present (and finite) in both the metrics and the baseline are used; a metric whose
-baseline is 0 has no relative change and is skipped. Every skipped metric is recorded with why.
+Only metrics present (and finite) in both the metrics and the baseline are used; a metric that is
+undefined on either side (``None``: null in strict JSON, e.g. paper-mode mIoU with no true
+positive; or NaN) or whose baseline is 0 has no relative change and is skipped. Every skipped
+metric is recorded with why.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def relative_change(value: float, baseline: float, higher_is_better: bool) -> fl
     return sign * (value - baseline) / baseline * 100.0
 
 
-def delta_scores(metrics: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]],
+def delta_scores(metrics: dict[str, dict[str, float | None]], baseline: dict[str, dict[str, float | None]],
                  higher_is_better: dict[str, dict[str, bool]]) -> DeltaScores:
     """Delta_T and Delta_p of ``metrics`` against ``baseline`` (both ``task -> key -> value``).
 
@@ -106,11 +108,18 @@ def _skip_reason(key: str, values: dict[str, float], base: dict[str, float]) -> 
         return "missing from the metrics"
     if key not in base:
         return "missing from the baseline"
-    if not (math.isfinite(float(values[key])) and math.isfinite(float(base[key]))):
-        return "not a finite number"
+    if _undefined(values[key]):
+        return "undefined (null or not finite) in the metrics"
+    if _undefined(base[key]):
+        return "undefined (null or not finite) in the baseline"
     if float(base[key]) == 0.0:
         return "baseline is 0: no relative change"
     return ""
+
+
+def _undefined(value) -> bool:
+    """None (null in JSON: e.g. paper-mode mIoU with no true positive) or a non-finite number."""
+    return value is None or not math.isfinite(float(value))
 
 
 def _ordered_union(first: dict, second: dict) -> list:

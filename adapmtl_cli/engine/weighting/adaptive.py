@@ -1,12 +1,26 @@
 """AdapMTL's adaptive task weighting (REFERENCE.md 3).
 
-From (0-based) step ``begin`` on, each step appends, per task, the relative change of its loss
-between consecutive mini-batches, d_t = |L_t(i-1) - L_t(i)| / L_t(i), to a window of the last
-``window`` values. Once the window is full, a task's raw weight is the mean of its window (a task
-whose loss still moves gets more weight); before that it is 1. The weights of a step come from the
-values recorded at earlier steps, so with begin 5000 and window 500 the window fills at step index
-5499 and first weighs the loss at step index 5500 (the 5501st step). The weights are renormalised to
-sum to the number of tasks T (QUIRK: the reference always uses 3).
+At (0-based) step ``begin`` a task's loss only seeds the previous value; from step ``begin + 1``
+on, each step records, per task, the relative change of its loss between consecutive mini-batches,
+d_t(i) = |L_t(i-1) - L_t(i)| / L_t(i). Once ``window + 1`` changes have been recorded (the
+reference trims its list back to ``window`` values only when it holds ``window + 1``), a task's raw
+weight is the mean of its last ``window`` changes (a task whose loss still moves gets more weight);
+before that it is 1. The weights are renormalised to sum to the number of tasks T (QUIRK: the
+reference always uses 3).
+
+When the weights multiply a step's loss depends on the order the trainer calls ``update`` and
+``weights`` in:
+
+- ``current_step=True`` (paper mode, the reference's order): step i's losses are recorded first,
+  so the weight multiplying L_t(i) already includes d_t(i). The first adaptive weight multiplies
+  the loss of step index ``begin + window + 1`` (5501 with begin 5000, window 500), the mean of
+  d(i - window + 1) .. d(i). The trainer reads the losses to the host before the backward for it.
+- ``current_step=False`` (standard mode, a deliberate difference): a step is weighted with what
+  was recorded at earlier steps, so the trainer needs no host read between the forward and the
+  backward. The weights lag one step: the mean of d(i - window) .. d(i - 1), first adaptive at
+  step index ``begin + window + 2``.
+
+The trainer asks ``weighs_current_step`` which order to use.
 """
 
 from __future__ import annotations
@@ -18,18 +32,25 @@ from adapmtl_cli.engine.weighting.base import TaskWeighting
 
 
 class AdaptiveWeighting(TaskWeighting):
-    def __init__(self, num_tasks: int, begin: int = 5000, window: int = 500, normalise_to: float | None = None):
+    def __init__(self, num_tasks: int, begin: int = 5000, window: int = 500, normalise_to: float | None = None,
+                 current_step: bool = False):
         super().__init__(num_tasks)
+        self.current_step = bool(current_step)
         self.begin = begin
         self.window = window
         self.normalise_to = float(num_tasks if normalise_to is None else normalise_to)
-        # A ring buffer of relative changes, [window, T], filled up to `count` values.
+        # A ring buffer of the last `window` relative changes, [window, T]; `count` changes recorded in all.
         self._changes = torch.zeros(window, num_tasks, dtype=torch.float64)
         self._count = 0
         self._previous: Tensor | None = None
 
+    @property
+    def weighs_current_step(self) -> bool:
+        return self.current_step
+
     def weights(self) -> Tensor:
-        if self._count < self.window:
+        # The reference sets the weights only once its list holds window + 1 changes.
+        if self._count <= self.window:
             raw = torch.ones(self.num_tasks, dtype=torch.float64)
         else:
             raw = self._changes.mean(dim=0)
@@ -41,7 +62,7 @@ class AdaptiveWeighting(TaskWeighting):
 
     def update(self, losses: Tensor, step: int) -> None:
         losses = self._check(losses)
-        if step >= self.begin and self._previous is not None:
+        if step > self.begin and self._previous is not None:  # the loss at `begin` only seeds
             change = (self._previous - losses).abs() / losses.clamp_min(1e-12)
             self._changes[self._count % self.window] = change
             self._count += 1

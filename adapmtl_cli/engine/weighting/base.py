@@ -1,8 +1,9 @@
 """The interface every task-weighting strategy implements.
 
-A strategy sees the detached per-task losses of each step (``update``) and gives the weights of the
-next total loss (``weights``): total = sum_t priority_t * w_t * L_t, with w_t a constant. It knows
-how many tasks there are, never which.
+A strategy sees the detached per-task losses of each step (``update``) and gives the weights of a
+total loss (``weights``): total = sum_t priority_t * w_t * L_t, with w_t a constant. Whether those
+weights are for the step just recorded or for the next one is ``weighs_current_step``. It knows how
+many tasks there are, never which.
 """
 
 from __future__ import annotations
@@ -18,6 +19,13 @@ class TaskWeighting(ABC):
         if num_tasks < 1:
             raise ValueError("at least one task is needed")
         self.num_tasks = num_tasks
+
+    @property
+    def weighs_current_step(self) -> bool:
+        """Whether ``weights`` is read after the current step's ``update`` (the reference's order,
+        paper mode: the trainer reads the losses to the host before the backward), or before it
+        (weights from the earlier steps, no host read between forward and backward)."""
+        return False
 
     @abstractmethod
     def weights(self) -> Tensor:
