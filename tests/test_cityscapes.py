@@ -206,3 +206,14 @@ def test_train_then_eval_on_the_tiny_cityscapes(city, tmp_path, capsys):
     with torch.no_grad():
         out = model.eval()(torch.zeros(1, 3, 16, 32))
     assert out["segment_semantic"].shape[1] == 19 and out["depth_zbuffer"].shape[1] == 1
+
+
+def test_the_preset_is_the_paper_network_in_standard_mode_on_two_tasks():
+    config = load_config("cityscapes-resnet34")
+    assert (config.mode, config.tasks) == ("standard", TASKS)
+    assert (config.model.backbone, config.model.head, config.model.head_hidden) == ("resnet34", "aspp", 1024)
+    assert (config.data.source, config.data.num_classes, config.data.crop) == ("cityscapes", 7, 128)  # MTAN: 128x256
+    assert (config.optim.lr, config.optim.betas, config.optim.lr_step, config.optim.lr_gamma) == (1e-3, (0.5, 0.999), 4000, 0.5)
+    assert (config.sparsity.target, config.sparsity.init, config.sparsity.control) == (0.9, -15.0, "schedule")
+    assert config.train.select_on == "val" and not config.weighting.quirk_normalise_to_three
+    assert not (config.eval.miou_tp_only or config.eval.batch_weighted_means or config.eval.depth_unclamped)
