@@ -7,7 +7,8 @@ import torch
 
 from adapmtl_cli.config import Config
 
-# Classes and metric style of each data source. Synthetic takes its class count from the config.
+# Classes and metric style of each data source. Synthetic and Cityscapes (7 or 19 classes, its
+# label_7/ or label_19/) take their class count from data.num_classes.
 SOURCE_CLASSES = {"nyuv2": 40, "nyuv2-mtan": 13, "taskonomy": 17}
 SOURCE_STYLE = {"taskonomy": "taskonomy"}
 

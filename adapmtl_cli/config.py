@@ -23,6 +23,11 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 PRESET_DIR = Path(__file__).parent / "presets"
 TASK_NAMES = ("segment_semantic", "normal", "depth_zbuffer", "keypoints2d", "edge_texture")
+# The tasks of a data source that lacks some (absent: every task). Cityscapes, in the MTAN/LibMTL
+# layout, has semantic labels and (inverse) depth only.
+SOURCE_TASKS = {"cityscapes": ("segment_semantic", "depth_zbuffer")}
+# The label sets MTAN ships for Cityscapes, one folder each: label_7/, label_19/.
+CITYSCAPES_CLASSES = (7, 19)
 
 
 class Section(BaseModel):
@@ -42,15 +47,17 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    source: Literal["synthetic", "nyuv2", "nyuv2-mtan", "taskonomy"] = "synthetic"
+    source: Literal["synthetic", "nyuv2", "nyuv2-mtan", "taskonomy", "cityscapes"] = "synthetic"
     root: str = ""
-    # Synthetic data only: items per split, square resolution and number of classes.
+    # Synthetic data only: items per split and square resolution.
     train_size: int = Field(2048, ge=1)
     val_size: int = Field(256, ge=1)
     test_size: int = Field(256, ge=1)
     resolution: int = Field(64, ge=16, le=1024)
+    # Classes of the synthetic scenes, or of Cityscapes: 7 or 19, which picks label_7/ or label_19/.
+    # The other sources have a fixed count (builders.SOURCE_CLASSES) and ignore it.
     num_classes: int = Field(6, ge=2, le=255)
-    # Training crop for the real datasets (NYUv2 321, Taskonomy 224).
+    # Training crop for the real datasets (NYUv2 321, Taskonomy 224, Cityscapes 128).
     crop: int = Field(321, ge=16, le=2048)
     # Standard mode selects the best model on this fraction of train, carved with the seed.
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
@@ -184,6 +191,19 @@ class Config(Section):
             raise ValueError(f"weighting.priorities names tasks not in `tasks`: {sorted(unknown)}")
         return self
 
+    @model_validator(mode="after")
+    def _source_has_the_tasks(self) -> Config:
+        source = self.data.source
+        available = SOURCE_TASKS.get(source)
+        lacking = [task for task in self.tasks if available is not None and task not in available]
+        if lacking:
+            raise ValueError(f"tasks lists {lacking[0]!r}, which data.source = {source!r} does not have; "
+                             f"keep tasks within {list(available)}")
+        if source == "cityscapes" and self.data.num_classes not in CITYSCAPES_CLASSES:
+            raise ValueError(f"data.num_classes = {self.data.num_classes} with data.source = 'cityscapes': set 7 or 19 "
+                             "(it reads the labels from label_7/ or label_19/)")
+        return self
+
 
 # --------------------------------------------------------------------------------------------
 # Presets on disk
@@ -231,9 +251,16 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Con
     except ValidationError as exc:
         # Blame the override when the bad field was set by one, else the preset file.
         field = ".".join(str(part) for part in exc.errors()[0]["loc"])
-        culprit = next((o for o in reversed(overrides) if field.startswith(o.partition("=")[0].strip())), None)
+        message = _describe_validation_error(exc)
+
+        def blamed(override: str) -> bool:
+            key = override.partition("=")[0].strip()
+            # A check across fields (tasks vs data.source) has no field: blame an override it names.
+            return field.startswith(key) if field else bool(key) and key in message
+
+        culprit = next((o for o in reversed(overrides) if blamed(o)), None)
         source = f"override {culprit!r}" if culprit else str(path)
-        raise ConfigError(f"{source}: {_describe_validation_error(exc)}") from None
+        raise ConfigError(f"{source}: {message}") from None
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> Config:

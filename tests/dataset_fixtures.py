@@ -91,3 +91,36 @@ def write_taskonomy(root: Path, n_train: int = 3, n_test: int = 2, size: int = 2
         index[split].append(files)
     (root / "taskonomy.json").write_text(json.dumps(index))
     return root
+
+
+def write_cityscapes(root: Path, n_train: int = 4, n_val: int = 2, h: int = 16, w: int = 32, stripes: bool = False) -> Path:
+    """The MTAN/LibMTL Cityscapes layout, ``{train,val}/{image,label_7,label_19,depth}/<i>.npy``:
+    image float32 HxWx3 in [0, 1] with RGB (0.1, 0.2, 0.3) at (0, 0); labels float32 HxW with -1
+    (ignore) at (0, 0) and the top class (6, 18) at (0, 2); depth float32 HxWx1 in [0.01, 0.3]
+    with 0 (invalid) at (0, 1).
+
+    ``stripes``: instead, vertical stripes 16 pixels wide, class k = column // 16 (k <= 6) in both
+    label sets, image (k, k, k) / 10 and depth (k + 1) / 10, so that image and labels can be
+    compared after any augmentation; the stripes rise from left to right, which tells a flip."""
+    rng = _rng(3)
+    for split, count in (("train", n_train), ("val", n_val)):
+        for kind in ("image", "label_7", "label_19", "depth"):
+            (root / split / kind).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            if stripes:
+                k = np.broadcast_to(np.minimum(np.arange(w) // 16, 6), (h, w)).astype(np.float32)
+                image = np.repeat(k[..., None] / 10, 3, axis=-1).astype(np.float32)
+                label_7 = label_19 = k
+                depth = ((k + 1) / 10)[..., None].astype(np.float32)
+            else:
+                image = rng.uniform(0, 1, (h, w, 3)).astype(np.float32)
+                image[0, 0] = (0.1, 0.2, 0.3)
+                label_7 = rng.integers(0, 7, (h, w)).astype(np.float32)
+                label_19 = rng.integers(0, 19, (h, w)).astype(np.float32)
+                label_7[0, 0] = label_19[0, 0] = -1
+                label_7[0, 2], label_19[0, 2] = 6, 18
+                depth = rng.uniform(0.01, 0.3, (h, w, 1)).astype(np.float32)
+                depth[0, 1] = 0
+            for kind, array in (("image", image), ("label_7", label_7), ("label_19", label_19), ("depth", depth)):
+                np.save(root / split / kind / f"{i}.npy", array)
+    return root
