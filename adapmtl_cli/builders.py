@@ -116,3 +116,28 @@ def resolve_device(config: Config) -> torch.device:
 
         raise ConfigError("train.device = 'cuda' but no CUDA device is available; use train.device=cpu or auto")
     return torch.device(wanted)
+
+
+def place_model(config: Config, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The model on its device and in its memory layout; SyncBatchNorm under multi-GPU DDP."""
+    from adapmtl_cli.engine import distributed as dist_utils
+
+    model.to(device)
+    if dist_utils.is_distributed() and device.type == "cuda":
+        # Batch statistics over the global batch, as one process would compute them (gloo on the
+        # CPU has no SyncBatchNorm: there each process normalises its own share).
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if config.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def wrap_distributed(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The module the forward goes through: a DistributedDataParallel wrapper under torchrun."""
+    from adapmtl_cli.engine import distributed as dist_utils
+
+    if not dist_utils.is_distributed():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)

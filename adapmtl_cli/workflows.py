@@ -49,23 +49,22 @@ def make_run_dir(out: Path, force: bool = False) -> Path:
 
 def train(config: Config, out: Path, *, console=None, force: bool = False, quiet: bool = False) -> dict:
     """Train a new run in ``out``; returns the summary (the contents of summary.json)."""
-    from adapmtl_cli.engine.trainer import Trainer
     from adapmtl_cli.io.checkpoint import atomic_write_text
+    from adapmtl_cli.run import TrainingRun
 
     if _is_rank_zero_env():  # under torchrun only rank 0 writes; the process group starts later
         make_run_dir(out, force)
         atomic_write_text(out / "config.toml", config_to_toml(config))
-    trainer = Trainer(config, out, console=console, quiet=quiet)
-    return _fit_and_leave(trainer)
+    return _fit_and_leave(TrainingRun(config, out, console=console, quiet=quiet))
 
 
-def _fit_and_leave(trainer) -> dict:
-    """Run the trainer; under torchrun, leave the process group cleanly whatever happens (a
+def _fit_and_leave(run) -> dict:
+    """Run the training run; under torchrun, leave the process group cleanly whatever happens (a
     barrier first only on success: after a failure another rank may never reach it)."""
     from adapmtl_cli.engine import distributed
 
     try:
-        summary = trainer.fit()
+        summary = run.fit()
         distributed.barrier()
         return summary
     finally:
@@ -74,14 +73,13 @@ def _fit_and_leave(trainer) -> dict:
 
 def resume(run_dir: Path, *, console=None, quiet: bool = False) -> dict:
     """Continue the run in ``run_dir`` from its state.safetensors, exactly where it stopped."""
-    from adapmtl_cli.engine.trainer import Trainer
+    from adapmtl_cli.run import TrainingRun
 
     config_path = run_dir / "config.toml"
     if not config_path.is_file():
         raise ConfigError(f"--resume {run_dir}: no config.toml there; is it an adapmtl run directory?")
     config = load_config(str(config_path))
-    trainer = Trainer(config, run_dir, console=console, resume=True, quiet=quiet)
-    return _fit_and_leave(trainer)
+    return _fit_and_leave(TrainingRun(config, run_dir, console=console, resume=True, quiet=quiet))
 
 
 def _is_rank_zero_env() -> bool:
@@ -330,6 +328,11 @@ def prune(path: Path, ratio: float, out: Path, *, method: str = "magnitude", sco
     from adapmtl_cli.io.checkpoint import save_checkpoint
 
     _check_prune_arguments(ratio, method, scope, out, force)
+    from adapmtl_cli.io.export import _fold_without_model
+
+    folded = _fold_without_model(path)
+    if folded is not None:  # saved from Python without a config: no model to rebuild
+        return _prune_tensors(folded, ratio, out, method=method, scope=scope)
     model, config, checkpoint = dense_copy(path)
     sample = None
     if method in ("snip", "disparse"):
@@ -342,6 +345,48 @@ def prune(path: Path, ratio: float, out: Path, *, method: str = "magnitude", sco
     model.masks = masks
     report = model.sparsifier.stats().as_report()
     save_checkpoint(out, model, _config_json(config), checkpoint.step, report)
+    from adapmtl_cli.io.inspect import inspect_file
+
+    return inspect_file(out).as_dict()
+
+
+def _prune_tensors(folded, ratio: float, out: Path, *, method: str, scope: str) -> dict:
+    """Magnitude or random pruning of a checkpoint saved from Python without a config, on its
+    folded tensors (SNIP and DiSparse need the model's forward: a one-line error)."""
+    import json
+
+    import torch
+
+    import adapmtl_cli
+    from adapmtl_cli.counting import sparsity_report
+    from adapmtl_cli.engine.pruning import magnitude_masks, random_masks
+    from adapmtl_cli.io import checkpoint as ckpt
+
+    state, layers, _, checkpoint = folded
+    if method not in ("magnitude", "random"):
+        raise ConfigError(f"--method {method}: {checkpoint.path} was saved from Python without a config, so its model "
+                          "cannot be run for saliency; use magnitude or random, or save it with config= (model.factory)")
+    weights = {key: state[key] for key in layers}
+    if method == "magnitude":
+        masks = magnitude_masks(weights, layers, ratio, scope)
+    else:
+        masks = random_masks(weights, layers, ratio, scope, generator=torch.Generator().manual_seed(0))
+    previous = checkpoint.masks()
+    masks = {key: mask & previous[key] if key in previous else mask for key, mask in masks.items()}
+    tensors = dict(state)
+    zeros, params = {}, {}
+    for key, component in layers.items():
+        if key in masks:
+            tensors[key] = state[key] * masks[key].to(state[key].dtype)
+            tensors[ckpt.MASK_PREFIX + key] = masks[key].to(torch.uint8)
+        zeros[component] = zeros.get(component, 0) + int((tensors[key] == 0).sum())
+        params[component] = params.get(component, 0) + tensors[key].numel()
+    metadata = {"format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "adapmtl_version": adapmtl_cli.__version__,
+                "config": "", "step": str(checkpoint.step), "tasks": json.dumps(checkpoint.tasks),
+                "layers": json.dumps({key: {"component": component, "threshold": None} for key, component in layers.items()}),
+                "sparsity": json.dumps(sparsity_report(zeros, params)), "thresholds": "{}",
+                "metrics": checkpoint.metadata.get("metrics", "{}")}
+    ckpt.save_tensors(out, tensors, metadata)
     from adapmtl_cli.io.inspect import inspect_file
 
     return inspect_file(out).as_dict()
@@ -404,8 +449,8 @@ def finetune(path: Path, out: Path, *, overrides: list[str] = (), preset: str | 
     """
     from adapmtl_cli.config import load_config, validate_config
     from adapmtl_cli.engine.sparsity import effective_state_dict
-    from adapmtl_cli.engine.trainer import Trainer
     from adapmtl_cli.io.checkpoint import atomic_write_text, load_model_from_checkpoint, read_checkpoint
+    from adapmtl_cli.run import TrainingRun
 
     if mode not in ("auto", "masked", "resparsify"):
         raise ConfigError(f"--mode {mode!r}: choose auto, masked or resparsify")
@@ -433,8 +478,8 @@ def finetune(path: Path, out: Path, *, overrides: list[str] = (), preset: str | 
         start = read_checkpoint(rewind).model_state()
     make_run_dir(out, force)
     atomic_write_text(out / "config.toml", config_to_toml(new_config))
-    trainer = Trainer(new_config, out, console=console, quiet=quiet, start_weights=start, masks=masks if mode == "masked" else None)
-    return trainer.fit()
+    run = TrainingRun(new_config, out, console=console, quiet=quiet, start_weights=start, masks=masks if mode == "masked" else None)
+    return run.fit()
 
 
 def prune_iteratively(path: Path, ratio: float, stages: int, out: Path, *, overrides: list[str] = (),

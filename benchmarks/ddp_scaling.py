@@ -43,30 +43,29 @@ def resume_overhead(tmp: Path, steps: int) -> tuple[float, float, float]:
     """Seconds of a straight run, of the same run stopped at half, and of its resumption."""
     from adapmtl_cli import workflows
     from adapmtl_cli.config import load_config
-    from adapmtl_cli.engine.trainer import Trainer
     from adapmtl_cli.errors import Interrupted
+    from adapmtl_cli.run import TrainingRun
 
     config = load_config("demo", [o for o in COMMON if "=" in o] + [f"train.steps={steps}", f"train.val_every={steps}"])
     start = time.perf_counter()
     workflows.train(config, tmp / "straight", quiet=True)
     straight = time.perf_counter() - start
 
-    original = Trainer.train_step
+    original = TrainingRun.on_step_end
 
-    def stop_at_half(self, step, image, targets):
-        record = original(self, step, image, targets)
-        if step + 1 == steps // 2:
+    def stop_at_half(self, trainer, done, record):
+        if done == steps // 2:
             self._stop_signal = 15  # what SIGTERM's handler records
-        return record
+        return original(self, trainer, done, record)
 
-    Trainer.train_step = stop_at_half
+    TrainingRun.on_step_end = stop_at_half
     start = time.perf_counter()
     try:
         workflows.train(config, tmp / "split", quiet=True)
     except Interrupted:
         pass
     finally:
-        Trainer.train_step = original
+        TrainingRun.on_step_end = original
     interrupted = time.perf_counter() - start
     start = time.perf_counter()
     workflows.resume(tmp / "split", quiet=True)

@@ -9,16 +9,27 @@ from pathlib import Path
 
 import torch
 
+from adapmtl_cli import builders
 from adapmtl_cli.config import load_config
 from adapmtl_cli.engine.trainer import Trainer
+from adapmtl_cli.run import build_data
+from adapmtl_cli.run import build_trainer as build_engine_trainer
 
 
-def build_trainer(preset: str, overrides: list[str], out: Path) -> Trainer:
-    return Trainer(load_config(preset, overrides), out, quiet=True)
+def build_trainer(preset: str, overrides: list[str], out: Path | None = None) -> Trainer:
+    """The engine's trainer of a preset, built from objects as the CLI's run builds it (seeded
+    the same way), with no run folder and no callbacks; ``trainer.data`` and
+    ``trainer.batch_size`` are kept for :func:`fixed_batch`. ``out`` is unused (kept for callers)."""
+    config = load_config(preset, overrides)
+    torch.manual_seed(config.seed)
+    data = build_data(config)
+    trainer = build_engine_trainer(config, builders.resolve_device(config), data.class_weights)
+    trainer.data, trainer.batch_size = data, config.train.batch_size
+    return trainer
 
 
 def fixed_batch(trainer: Trainer):
-    loader = torch.utils.data.DataLoader(trainer.data.train, batch_size=trainer.config.train.batch_size)
+    loader = torch.utils.data.DataLoader(trainer.data.train, batch_size=trainer.batch_size)
     return next(iter(loader))
 
 

@@ -7,7 +7,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from adapmtl_cli.cli import main
-from adapmtl_cli.engine.trainer import Trainer
+from adapmtl_cli.run import TrainingRun
 
 TRAIN = ["--quiet", "train.steps=8", "train.val_every=4", "train.batch_size=4", "data.resolution=32", "data.train_size=32",
          "data.val_size=4", "data.test_size=4", "model.width=8", "sparsity.target=0.5"]
@@ -46,15 +46,14 @@ def test_masks_persist_through_finetuning_and_a_resumed_finetune(trained, tmp_pa
     assert main(["prune", str(trained / "run" / "model.safetensors"), "--ratio", "0.6", "--out", str(pruned)]) == 0
     _, before, keys = conv_zero_fraction(pruned)
 
-    original = Trainer.train_step
+    original = TrainingRun.on_step_end
 
-    def stop_after_five(self, step, image, targets):
-        record = original(self, step, image, targets)
-        if step == 4:
+    def stop_after_five(self, trainer, done, record):
+        if done == 5:
             self._stop_signal = 15
-        return record
+        return original(self, trainer, done, record)
 
-    monkeypatch.setattr(Trainer, "train_step", stop_after_five)
+    monkeypatch.setattr(TrainingRun, "on_step_end", stop_after_five)
     run = tmp_path / "ft"
     assert main(["finetune", str(pruned), "--out", str(run), "--quiet", *FINETUNE]) == 130
     monkeypatch.undo()

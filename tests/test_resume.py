@@ -11,7 +11,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from adapmtl_cli.cli import main
-from adapmtl_cli.engine.trainer import Trainer
+from adapmtl_cli.run import TrainingRun
 
 # ASPP heads (with dropout) on the demo backbone: resume must restore the RNG for the masks too.
 FAST = ["train.steps=24", "train.val_every=8", "train.batch_size=4", "data.resolution=32", "data.train_size=40",
@@ -20,15 +20,14 @@ FAST = ["train.steps=24", "train.val_every=8", "train.batch_size=4", "data.resol
 
 
 def stop_at(monkeypatch, step_to_stop, signum=signal.SIGTERM):
-    original = Trainer.train_step
+    original = TrainingRun.on_step_end
 
-    def train_step(self, step, image, targets):
-        record = original(self, step, image, targets)
-        if step == step_to_stop:
+    def on_step_end(self, trainer, done, record):
+        if done == step_to_stop + 1:
             self._stop_signal = signum  # what the signal handler records
-        return record
+        return original(self, trainer, done, record)
 
-    monkeypatch.setattr(Trainer, "train_step", train_step)
+    monkeypatch.setattr(TrainingRun, "on_step_end", on_step_end)
 
 
 @pytest.mark.parametrize("mode", ["standard", "paper"])  # paper mode updates the weighting before the backward

@@ -18,7 +18,9 @@ from adapmtl_cli.io import checkpoint as ckpt
 STATE_FORMAT = "adapmtl.state"
 
 
-def save_training_state(path: Path, trainer, step: int) -> None:
+def save_training_state(path: Path, trainer, step: int, config_json: str, best: dict | None) -> None:
+    """The state of ``trainer`` (engine/trainer.py: model, optimizer, scheduler, weighting,
+    controller, scaler, device) after ``step`` steps, with the run's config and best selection."""
     tensors = {f"model.{k}": v for k, v in ckpt.checkpoint_tensors(trainer.model).items()}
     optimizer_state = trainer.optimizer.state_dict()
     for index, values in optimizer_state["state"].items():
@@ -32,12 +34,12 @@ def save_training_state(path: Path, trainer, step: int) -> None:
         tensors["rng.cuda"] = torch.cuda.get_rng_state(trainer.device)
     metadata = {
         "format": STATE_FORMAT,
-        "config": trainer.config_json,
+        "config": config_json,
         "step": str(step),
         "optimizer_groups": json.dumps(optimizer_state["param_groups"]),
         "scheduler": json.dumps(trainer.scheduler.state_dict()),
         "controller": json.dumps(trainer.controller.state_dict()),
-        "best": json.dumps(trainer.best),
+        "best": json.dumps(best),
         "scaler": json.dumps(trainer.scaler.state_dict() if trainer.scaler.is_enabled() else {}),
     }
     ckpt.save_tensors(path, tensors, metadata)
