@@ -305,6 +305,15 @@ class SoftThreshold(nn.Module):
         return state
 
 
+def _submodule(model: nn.Module, component: str, module: nn.Module | str) -> nn.Module:
+    if isinstance(module, nn.Module):
+        return module
+    try:
+        return model.get_submodule(module)
+    except AttributeError:
+        raise ValueError(f"component {component!r}: the model has no submodule {module!r}") from None
+
+
 @dataclass(frozen=True)
 class SparseLayer:
     """One sparsified (or merely counted) conv weight."""
@@ -318,21 +327,26 @@ class SparseLayer:
 class Sparsifier(nn.Module):
     """Owns the thresholds of a model and counts the sparsity of its conv weights.
 
-    ``components`` maps a component name (``backbone``, ``head.<task>``) to the module that holds its
-    convs. With ``enabled=False`` no threshold is attached and the layers are only counted (exact
-    zeros of the weights), so dense and pruned models report sparsity the same way.
+    ``components`` maps a component name (``backbone``, ``head.<task>``, or any name) to the
+    submodule that holds its layers, given as the module or as its dotted path in ``model``
+    (``"encoder.layer3"``); layers outside every component stay dense. The sparsifier attaches
+    itself as ``model.sparsifier``, so the thresholds are parameters of the model: an optimizer
+    over ``model.parameters()`` trains them. With ``enabled=False`` no threshold is attached and
+    the layers are only counted (exact zeros of the weights), so dense and pruned models report
+    sparsity the same way.
     """
 
     def __init__(
         self,
         model: nn.Module,
-        components: dict[str, nn.Module],
+        components: dict[str, nn.Module | str],
         *,
         enabled: bool = True,
         granularity: Granularity = "component",
         init: float = -15.0,
     ):
         super().__init__()
+        components = {name: _submodule(model, name, module) for name, module in components.items()}
         self.enabled = enabled
         self.granularity = granularity
         self.threshold_names: list[str] = []
@@ -363,6 +377,7 @@ class Sparsifier(nn.Module):
         if self.enabled:
             model.register_forward_pre_hook(self._build_effective_weights)
             model.register_forward_hook(self._drop_effective_weights, always_call=True)
+        model.sparsifier = self  # the thresholds become parameters of the model
 
     # -- construction ------------------------------------------------------------------------
 
@@ -505,6 +520,17 @@ class SparsityStats:
     def zeros(self) -> int:
         return sum(self.component_zeros.values())
 
+    def __str__(self) -> str:
+        """Per component, then per layer: sparsity %, zeros / weights, threshold."""
+        lines = [f"overall {100 * self.overall:6.2f}% ({self.zeros} / {sum(self.component_params.values())} zeros)"]
+        for name, value in self.components.items():
+            threshold = self.thresholds.get(name)
+            shown = "" if threshold is None else f", threshold {threshold:.3g}"
+            lines.append(f"  {name}: {100 * value:6.2f}% ({self.component_zeros[name]} / {self.component_params[name]}{shown})")
+        for key, value in self.layers.items():
+            lines.append(f"    {key}: {100 * value:6.2f}%")
+        return "\n".join(lines)
+
     def as_report(self) -> dict:
         """The ``sparsity`` and ``thresholds`` parts of the one report shape (docs/internals.md)."""
         return {"sparsity": sparsity_report(self.component_zeros, self.component_params),
@@ -531,6 +557,8 @@ class FreezeController:
         self.frozen = False
         self.last_overall = 0.0
         self._params = sparsifier.thresholds_of(freeze_only or [])
+        self._step = 0  # steps completed (after_step), so a loop that never observes still checks on time
+        self._observed = False
 
     def wants_check(self, step: int) -> bool:
         return self.sparsifier.enabled and step % self.check_every == 0
@@ -538,14 +566,19 @@ class FreezeController:
     def observe(self, overall: float) -> None:
         self.last_overall = overall
         self.frozen = overall >= self.target
+        self._observed = True
 
     def after_backward(self) -> None:
+        # A loop that did not observe this step's sparsity (a user's own) gets it counted here.
+        if not self._observed and self.wants_check(self._step):
+            self.observe(float(self.sparsifier.overall_sparsity()))
+        self._observed = False
         if self.frozen:
             for param in self._params:
                 param.grad = None
 
     def after_step(self, done: int) -> None:
-        return None
+        self._step = done
 
     def outcome_note(self, stats: SparsityStats) -> str | None:
         """One line for the summary when the run did not end at its target (None when it did)."""

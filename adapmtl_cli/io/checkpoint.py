@@ -133,7 +133,8 @@ def checkpoint_tensors(model: torch.nn.Module) -> dict[str, Tensor]:
     return tensors
 
 
-def checkpoint_metadata(model: torch.nn.Module, config_json: str, step: int, report: dict, kind: str = FORMAT) -> dict[str, str]:
+def checkpoint_metadata(model: torch.nn.Module, config_json: str, step: int, report: dict, kind: str = FORMAT,
+                        tasks: list[str] | None = None) -> dict[str, str]:
     sparsifier = model.sparsifier
     layers = {layer.key: {"component": layer.component, "threshold": layer.threshold} for layer in sparsifier.layers}
     return {
@@ -142,7 +143,7 @@ def checkpoint_metadata(model: torch.nn.Module, config_json: str, step: int, rep
         "adapmtl_version": adapmtl_cli.__version__,
         "config": config_json,
         "step": str(step),
-        "tasks": json.dumps(list(model.heads)),
+        "tasks": json.dumps(list(tasks) if tasks is not None else list(getattr(model, "heads", {}))),
         "layers": json.dumps(layers),
         "sparsity": jsonout.dumps(report.get("sparsity", {})),
         "thresholds": jsonout.dumps(report.get("thresholds", {})),
@@ -150,8 +151,9 @@ def checkpoint_metadata(model: torch.nn.Module, config_json: str, step: int, rep
     }
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, config_json: str, step: int, report: dict) -> None:
-    save_tensors(path, checkpoint_tensors(model), checkpoint_metadata(model, config_json, step, report))
+def save_checkpoint(path: Path, model: torch.nn.Module, config_json: str, step: int, report: dict,
+                    tasks: list[str] | None = None) -> None:
+    save_tensors(path, checkpoint_tensors(model), checkpoint_metadata(model, config_json, step, report, tasks=tasks))
 
 
 def read_checkpoint(path: Path | str) -> Checkpoint:

@@ -104,11 +104,41 @@ def effective_model(path: Path | str):
     from adapmtl_cli.engine.sparsity import effective_state_dict
     from adapmtl_cli.io.checkpoint import load_model_from_checkpoint
 
+    folded = _fold_without_model(path)
+    if folded is not None:
+        return folded
     model, config, checkpoint = load_model_from_checkpoint(path)
     with torch.no_grad():
         state = {key: value.detach().cpu().contiguous() for key, value in effective_state_dict(model).items()}
     layers = {layer.key: layer.component for layer in model.sparsifier.layers}
     return state, layers, config, checkpoint
+
+
+def _fold_without_model(path: Path | str):
+    """A checkpoint saved from Python without a config (adapmtl_cli.save_checkpoint): no model
+    can be rebuilt, so the thresholds are folded into the stored tensors directly, by the rule
+    of adapmtl_cli.counting (W_eff = W - clamp(W, -t, t), what the model computes). None for any
+    other file."""
+    from adapmtl_cli.counting import threshold_value
+    from adapmtl_cli.io.checkpoint import FORMAT, read_checkpoint
+    from adapmtl_cli.io.formats import is_torch_save_file
+
+    if is_torch_save_file(Path(path)):
+        return None
+    checkpoint = read_checkpoint(path)
+    if checkpoint.metadata.get("format") != FORMAT or checkpoint.config_json:
+        return None
+    state = checkpoint.model_state()
+    thresholds = {name: threshold_value(float(value)) for name, value in checkpoint.thresholds().items()}
+    layers = {}
+    for key, info in checkpoint.layers.items():
+        layers[key] = info["component"]
+        if info.get("threshold") is not None:
+            weight, t = state[key], thresholds[info["threshold"]]
+            state[key] = weight - torch.clamp(weight, -t, t)
+    for key, mask in checkpoint.masks().items():
+        state[key] = state[key] * mask.to(state[key].dtype)
+    return state, layers, None, checkpoint
 
 
 def _export_metadata(kind: str, layers: dict[str, str], state: dict[str, Tensor], config, checkpoint) -> dict[str, str]:
@@ -129,7 +159,7 @@ def _export_metadata(kind: str, layers: dict[str, str], state: dict[str, Tensor]
         "format_version": EXPORT_FORMAT_VERSION,
         "adapmtl_version": adapmtl_cli.__version__,
         "source": Path(checkpoint.path).name,
-        "config": config_to_json(config),
+        "config": config_to_json(config) if config is not None else "",
         "step": str(checkpoint.step),
         "tasks": json.dumps(checkpoint.tasks),
         # Thresholds are folded into the weights: every layer counts its exact zeros.
@@ -287,6 +317,9 @@ def export_checkpoint(checkpoint: Path | str, output_format: str, out: Path | st
     state, layers, config, loaded = effective_model(checkpoint)
     notes = []
     if output_format == "program":
+        if config is None:
+            raise CheckpointError(f"{checkpoint}: saved from Python without a config, so no model can be rebuilt for a program "
+                                  "export; pass config= (with model.factory) to adapmtl_cli.save_checkpoint, or export dense/sparse")
         data, info = program_bytes(config, state, loaded)
         shape = info["input"]["shape"]
         batch = "B (dynamic, 1..%d)" % MAX_BATCH if info["input"]["dynamic_batch"] else str(shape[0])

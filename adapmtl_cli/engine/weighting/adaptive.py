@@ -32,6 +32,13 @@ from adapmtl_cli.engine.weighting.base import TaskWeighting
 
 
 class AdaptiveWeighting(TaskWeighting):
+    """AdapMTL's task weights: each task's mean relative loss change over the last ``window``
+    steps, from step ``begin`` on, renormalised to sum to the number of tasks (module doc).
+
+    Each step: ``weights()`` (a CPU float64 tensor, one weight per task) multiplies the losses;
+    ``update(losses, step)`` records the step's detached per-task losses.
+    """
+
     def __init__(self, num_tasks: int, begin: int = 5000, window: int = 500, normalise_to: float | None = None,
                  current_step: bool = False):
         super().__init__(num_tasks)

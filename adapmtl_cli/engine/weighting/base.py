@@ -41,7 +41,7 @@ class TaskWeighting(ABC):
         return None
 
     def _check(self, losses: Tensor) -> Tensor:
-        losses = torch.as_tensor(losses, dtype=torch.float64).flatten()
+        losses = torch.as_tensor(losses).detach().to("cpu", torch.float64).flatten()
         if losses.numel() != self.num_tasks:
             raise ValueError(f"expected {self.num_tasks} task losses, got {losses.numel()}")
         return losses

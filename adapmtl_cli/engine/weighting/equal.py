@@ -9,5 +9,7 @@ from adapmtl_cli.engine.weighting.base import TaskWeighting
 
 
 class EqualWeighting(TaskWeighting):
+    """Every task weighs 1: the paper's "w/o adaptive weighting" ablation."""
+
     def weights(self) -> Tensor:
         return torch.ones(self.num_tasks, dtype=torch.float64)
