@@ -1,12 +1,13 @@
 """One-shot pruning criteria and masks for the comparison methods (REFERENCE.md 10).
 
-Everything here works on the layers of ``model.sparsifier`` (every conv weight of the components, in
-the sparsifier's fixed order) and knows nothing about task names: tasks are the keys of the loss
-dict, and which layers a task owns is read off the autograd graph of its loss.
+Everything here works on the layers of ``model.sparsifier`` (every Conv2d and Linear weight of the
+components, in the sparsifier's fixed order; both kinds alike, as scores are per weight whatever
+its shape) and knows nothing about task names: tasks are the keys of the loss dict, and which
+layers a task owns is read off the autograd graph of its loss.
 
 Masks
     ``dict[str, torch.BoolTensor]`` keyed by ``SparseLayer.key`` (the plain state-dict key of the
-    conv weight, e.g. ``heads.normal.fc1.conv1.weight``), same shape as the weight, True = keep.
+    layer weight, e.g. ``heads.normal.fc1.conv1.weight``), same shape as the weight, True = keep.
 
 The one ratio rule (every criterion: magnitude, SNIP, DiSparse, random)
     ``ratio`` is the fraction of the *currently non-zero* weights of a group to remove. Existing
@@ -21,7 +22,7 @@ The one ratio rule (every criterion: magnitude, SNIP, DiSparse, random)
 
 Scopes (what a group is)
     ``global``: all given layers together; ``component``: each component (``backbone``,
-    ``head.<task>``) separately; ``layer``: each conv weight separately.
+    ``head.<task>``) separately; ``layer``: each Conv2d or Linear weight separately.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def masks_from_scores(scores: Mapping[str, Tensor], nonzero: Mapping[str, Tensor
 def layer_weights(model: nn.Module, effective: bool = False) -> dict[str, Tensor]:
     """Every sparsifier layer's weight (detached), keyed by ``SparseLayer.key``, in layer order.
 
-    ``effective=False``: the raw weight W (what masks are applied to); ``True``: what the conv
+    ``effective=False``: the raw weight W (what masks are applied to); ``True``: what the layer
     computes with (W_eff = soft shrink of W when the sparsifier is enabled), e.g. to prune an STR
     checkpoint by its effective magnitudes.
     """
@@ -138,7 +139,7 @@ def layer_weights(model: nn.Module, effective: bool = False) -> dict[str, Tensor
     out = {}
     for i, layer in enumerate(sparsifier.layers):
         if effective:  # a copy: W_eff may live in a buffer that the next forward overwrites
-            out[layer.key] = sparsifier._convs[i].weight.detach().clone()
+            out[layer.key] = sparsifier._layer_modules[i].weight.detach().clone()
         else:
             out[layer.key] = sparsifier.raw_weight(i).detach()
     return out
@@ -412,7 +413,7 @@ def _masked_layers(model: nn.Module, masks: Mapping[str, Tensor]) -> list[tuple[
     index = {layer.key: i for i, layer in enumerate(sparsifier.layers)}
     unknown = [k for k in masks if k not in index]
     if unknown:
-        raise KeyError(f"mask for unknown layer {unknown[0]!r}: not a sparsified conv weight of this model")
+        raise KeyError(f"mask for unknown layer {unknown[0]!r}: not a sparsified Conv2d or Linear weight of this model")
     out = []
     for key, mask in masks.items():
         weight = sparsifier.raw_weight(index[key])
@@ -538,7 +539,7 @@ def _plain_key(key: str) -> str:
 @torch.no_grad()
 def rewind(model: nn.Module, initial_state: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
     """LTH rewind: every tensor of ``initial_state`` (plain keys, as ``plain_state_dict`` gives them:
-    conv weights under ``<module>.weight`` even when parametrized; biases, norms and buffers too if
+    layer weights under ``<module>.weight`` even when parametrized; biases, norms and buffers too if
     present) is copied back into the model, then the pruned weights are zeroed: survivors hold
     exactly their initial values, pruned weights are 0. Thresholds are not touched."""
     targets = {}

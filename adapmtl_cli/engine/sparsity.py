@@ -1,6 +1,7 @@
-"""Soft-threshold sparsity (STR, Kusupati et al. 2020) as a reparametrisation of conv weights.
+"""Soft-threshold sparsity (STR, Kusupati et al. 2020) as a reparametrisation of layer weights.
 
-Every Conv2d weight W of a sparsified component is replaced, through
+Every ``nn.Conv2d`` and ``nn.Linear`` weight W of a sparsified component (subclasses included,
+e.g. ``nn.MultiheadAttention``'s ``out_proj``; STR sparsifies both kinds) is replaced, through
 ``torch.nn.utils.parametrize``, by its soft shrink
 
     W_eff = sign(W) * relu(|W| - sigmoid(s))   (a soft shrink)
@@ -8,13 +9,17 @@ Every Conv2d weight W of a sparsified component is replaced, through
 with ``s`` a learnable scalar shared by the whole component (``component`` granularity, AdapMTL's),
 by one layer (``layer``, STR's) or by the whole model (``global``, the paper's ablation). A custom
 autograd function gives exactly the gradients of REFERENCE.md 1 (dW_eff/dW = 1 where |W| > t and 0
-elsewhere, dW_eff/dt = -sign(W) on survivors).
+elsewhere, dW_eff/dt = -sign(W) on survivors). Biases are never thresholded. A weight that is a bare
+``nn.Parameter`` of some other module (``nn.MultiheadAttention.in_proj_weight``) is not a Linear
+layer's and is left dense and uncounted.
 
 The function works on a whole group at once - every weight that shares one threshold - so a
-forward and backward cost one autograd node per threshold, not one per conv: a Python autograd node
+forward and backward cost one autograd node per threshold, not one per layer: a Python autograd node
 costs about 100 us each way, which on a small model (the demo: 14 convs) was most of the soft
-threshold's price. The model's forward pre-hook builds every group's W_eff before the forward; a conv
-used outside the model's forward (``model.backbone(x)``, ``conv.weight``) shrinks its own weight.
+threshold's price. The model's forward pre-hook builds every group's W_eff before the forward, so a
+weight read by attribute anywhere inside it (``nn.MultiheadAttention`` passes ``out_proj.weight`` to
+``F.multi_head_attention_forward``, not through ``out_proj.forward``) is W_eff; a layer used outside
+the model's forward (``model.backbone(x)``, ``conv.weight``) shrinks its own weight.
 
 The sparsifier also counts zeros on the device (layer, component, overall) with no host sync. On
 GPUs only the stop rule turns one scalar into a Python float; on the CPU, where reading a number
@@ -44,6 +49,9 @@ CHUNK_NUMEL = 1 << 19
 # coupled L2 gradient infinite).
 LOG_T_MAX = math.log1p(-1e-7)
 LOG_T_MIN = -1e4
+# The layer types whose ``weight`` is sparsified (and counted), subclasses included. Every path below
+# works on any contiguous weight; only the channels_last special cases are 4-d (conv) only.
+SPARSIFIED_LAYER_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 # From this many weights on, a CPU layer's W_eff lives in a persistent buffer (fresh memory that big
 # is mmapped and page-faulted on every step); smaller layers take the multi-tensor path.
 BUFFER_MIN_NUMEL = 1 << 16
@@ -65,7 +73,7 @@ class SoftShrinkGroup(torch.autograd.Function):
     - Big weights on the CPU, where the costly part of a pass is not the arithmetic but writing
       into freshly allocated memory (the kernel faults its pages in: 5.2 ms against 0.8 ms for
       2.9M weights, measured on 2 cores): W_eff is written into the owner's buffer, the masked
-      gradient overwrites the incoming gradient (the conv's fresh weight gradient, which nothing
+      gradient overwrites the incoming gradient (the layer's fresh weight gradient, which nothing
       else holds), and sign(W) goes into one scratch chunk that stays in the cache. The buffer is
       only lent while nobody else holds the previous W_eff (a weak reference tells), so two
       forwards before one backward, or ``retain_graph``, stay correct: they get fresh memory.
@@ -237,7 +245,9 @@ def _count_at_most(weight: Tensor, t: float) -> Tensor:
 
 
 def _memory_order(x: Tensor) -> Tensor | None:
-    """A 1-d view of ``x`` in memory order (contiguous or channels_last), or None."""
+    """A 1-d view of ``x`` in memory order (contiguous, any number of dimensions, or a 4-d conv
+    weight in channels_last), or None (e.g. a transposed 2-d weight: callers then take whole-tensor
+    passes)."""
     if x.is_contiguous():
         return x.view(-1)
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
@@ -261,12 +271,13 @@ def _writable(grad: Tensor) -> bool:
 
 
 class SoftThreshold(nn.Module):
-    """The parametrization of one conv weight: soft shrink by sigmoid of a shared scalar.
+    """The parametrization of one layer weight (Conv2d or Linear): soft shrink by sigmoid of a
+    shared scalar.
 
     The threshold parameter lives in the :class:`Sparsifier`; this module only points at it, so
-    each threshold is stored once however many convs share it. Inside the model's forward it hands
+    each threshold is stored once however many layers share it. Inside the model's forward it hands
     out the W_eff the sparsifier built for its whole group; elsewhere it shrinks its own weight. It
-    also owns the layer's persistent W_eff buffer (CPU only, never saved): ``conv.weight`` returns a
+    also owns the layer's persistent W_eff buffer (CPU only, never saved): ``layer.weight`` returns a
     view of it, which the next forward overwrites once nobody holds it any more; clone it to keep it.
     """
 
@@ -275,7 +286,7 @@ class SoftThreshold(nn.Module):
         # A plain attribute, not a submodule: registering it would make a cycle in the module tree.
         object.__setattr__(self, "_sparsifier", sparsifier)
         self.index = index  # of the threshold
-        self.layer = layer  # of the conv in the sparsifier's layer list
+        self.layer = layer  # of the weight in the sparsifier's layer list
         self._buffer: Tensor | None = None
         self._lent_to = None  # weak reference to the last W_eff handed out
 
@@ -316,7 +327,7 @@ def _submodule(model: nn.Module, component: str, module: nn.Module | str) -> nn.
 
 @dataclass(frozen=True)
 class SparseLayer:
-    """One sparsified (or merely counted) conv weight."""
+    """One sparsified (or merely counted) Conv2d or Linear weight."""
 
     key: str  # state-dict key of the weight in the plain (unparametrized) model, e.g. "heads.normal.fc1.conv1.weight"
     component: str
@@ -325,7 +336,9 @@ class SparseLayer:
 
 
 class Sparsifier(nn.Module):
-    """Owns the thresholds of a model and counts the sparsity of its conv weights.
+    """Owns the thresholds of a model and counts the sparsity of its layer weights: every
+    ``nn.Conv2d`` and ``nn.Linear`` (``SPARSIFIED_LAYER_TYPES``, subclasses included) inside the
+    components, never their biases.
 
     ``components`` maps a component name (``backbone``, ``head.<task>``, or any name) to the
     submodule that holds its layers, given as the module or as its dotted path in ``model``
@@ -353,23 +366,23 @@ class Sparsifier(nn.Module):
         self.thresholds = nn.ParameterList()
         self.layers: list[SparseLayer] = []
         self.component_names = list(components)
-        self._convs: list[nn.Conv2d] = []  # plain list: the convs belong to the model, not to us
+        # Plain list: the layers belong to the model, not to us.
+        self._layer_modules: list[nn.Module] = []
         self._threshold_of_layer: list[int] = []
         self._owners: list[SoftThreshold] = []
-        # Each parametrized conv's ParametrizationList, which holds the raw W as ``.original``:
-        # reaching it through the conv costs 5 us a layer, per forward.
+        # Each parametrized layer's ParametrizationList, which holds the raw W as ``.original``:
+        # reaching it through the layer costs 5 us a layer, per forward.
         self._holders: list[nn.Module] = []
         # Every layer's W_eff while the model's forward runs (built by one autograd node per
         # threshold in the pre-hook), None outside it.
         self._prepared: list[Tensor] | None = None
         prefixes = {id(module): name for name, module in model.named_modules()}
         for component, module in components.items():
-            for name, conv in module.named_modules():
-                if isinstance(conv, nn.Conv2d):
-                    full_name = prefixes[id(conv)]
-                    self._add_layer(full_name, component, conv, init)
+            for layer in module.modules():
+                if isinstance(layer, SPARSIFIED_LAYER_TYPES):
+                    self._add_layer(prefixes[id(layer)], component, layer, init)
         if not self.layers:
-            raise ValueError("no Conv2d layer found in the components to sparsify")
+            raise ValueError("no Conv2d or Linear layer found in the components to sparsify")
         self._register_index_buffers()
         self._groups = [[layer for layer, index in enumerate(self._threshold_of_layer) if index == threshold]
                         for threshold in range(len(self.threshold_names))]
@@ -388,7 +401,12 @@ class Sparsifier(nn.Module):
             return layer_name
         return "global"
 
-    def _add_layer(self, layer_name: str, component: str, conv: nn.Conv2d, init: float) -> None:
+    @property
+    def _convs(self) -> list[nn.Module]:
+        """The old name of ``_layer_modules`` (from when only convs were sparsified)."""
+        return self._layer_modules
+
+    def _add_layer(self, layer_name: str, component: str, module: nn.Module, init: float) -> None:
         threshold = None
         index = -1
         if self.enabled:
@@ -398,12 +416,12 @@ class Sparsifier(nn.Module):
                 self.thresholds.append(nn.Parameter(torch.tensor(float(init))))
             index = self.threshold_names.index(threshold)
             owner = SoftThreshold(self, index, len(self.layers))
-            parametrize.register_parametrization(conv, "weight", owner, unsafe=True)
+            parametrize.register_parametrization(module, "weight", owner, unsafe=True)
             self._owners.append(owner)
-            self._holders.append(conv.parametrizations["weight"])
-        self._convs.append(conv)
+            self._holders.append(module.parametrizations["weight"])
+        self._layer_modules.append(module)
         self._threshold_of_layer.append(index)
-        self.layers.append(SparseLayer(f"{layer_name}.weight", component, threshold, conv.weight.numel()))
+        self.layers.append(SparseLayer(f"{layer_name}.weight", component, threshold, module.weight.numel()))
 
     def _register_index_buffers(self) -> None:
         # Non-persistent: derived from the model's structure, never saved.
@@ -429,10 +447,10 @@ class Sparsifier(nn.Module):
     def raw_weight(self, layer: int) -> Tensor:
         if self.enabled:
             return self._holders[layer].original
-        conv = self._convs[layer]
-        if parametrize.is_parametrized(conv, "weight"):
-            return conv.parametrizations.weight.original
-        return conv.weight
+        module = self._layer_modules[layer]
+        if parametrize.is_parametrized(module, "weight"):
+            return module.parametrizations.weight.original
+        return module.weight
 
     def threshold_values(self) -> Tensor:
         """t = sigmoid(s) of every threshold, float32, in ``threshold_names`` order, by the one
@@ -470,7 +488,7 @@ class Sparsifier(nn.Module):
 
     @torch.no_grad()
     def overall_sparsity(self) -> Tensor:
-        """Overall fraction of zero conv weights, a 0-d tensor on the device."""
+        """Overall fraction of zero layer weights (Conv2d and Linear), a 0-d tensor on the device."""
         return self.layer_zeros().sum() / self._layer_numel.sum()
 
     @torch.no_grad()
@@ -625,8 +643,8 @@ def effective_state_dict(model: nn.Module) -> dict[str, Tensor]:
 
 
 def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """The model's state under plain keys: ``conv.parametrizations.weight.original`` becomes
-    ``conv.weight`` (the raw W), threshold parameters are left out (stored separately)."""
+    """The model's state under plain keys: ``layer.parametrizations.weight.original`` becomes
+    ``layer.weight`` (the raw W), threshold parameters are left out (stored separately)."""
     state = {}
     for key, value in model.state_dict().items():
         if key.startswith("sparsifier."):

@@ -7,10 +7,11 @@ with t = sigmoid(s), exactly what the model computes with):
     The model's state dict under plain keys (``backbone.features.0.weight``,
     ``heads.normal.conv1.bias``, BN buffers, ...), no ``threshold.*`` and no parametrization keys:
     ``safetensors.torch.load_file`` then ``load_state_dict`` into an ordinary ``nn.Module`` with
-    plain ``Conv2d`` layers, no adapmtl code needed. Pruned weights are stored as zeros.
+    plain ``Conv2d`` and ``Linear`` layers, no adapmtl code needed. Pruned weights are stored as zeros.
 
 ``sparse`` (safetensors, ``format = adapmtl.sparse``)
-    Every sparsified conv weight ``K`` (the keys of the ``layers`` metadata) becomes two tensors:
+    Every sparsified weight ``K`` (the keys of the ``layers`` metadata: Conv2d and Linear weights
+    alike, whatever their number of dimensions) becomes two tensors:
 
     - ``bitmask.K``: uint8 ``[ceil(numel / 8)]``, the flattened (C-order) non-zero pattern packed
       by ``numpy.packbits(..., bitorder="big")``: element ``i`` is bit ``7 - i % 8`` (the most
@@ -99,8 +100,10 @@ class ExportResult:
 
 def effective_model(path: Path | str):
     """Load a checkpoint and return ``(state, layers, config, checkpoint)``: ``state`` the effective
-    state under plain keys (W_eff in every sparsified conv weight), ``layers`` the sparsified weight
-    keys mapped to their component, in the model's order."""
+    state under plain keys (W_eff in every sparsified Conv2d and Linear weight), ``layers`` the
+    sparsified weight keys mapped to their component, in the model's order. The model is rebuilt
+    from the checkpoint's config (``load_model_from_checkpoint``), so only models the builders
+    know can be exported through here."""
     from adapmtl_cli.engine.sparsity import effective_state_dict
     from adapmtl_cli.io.checkpoint import load_model_from_checkpoint
 
@@ -249,7 +252,7 @@ def example_resolution(config) -> int:
 
 
 def dense_model(config, state: dict[str, Tensor]):
-    """An eval-mode model built without the sparsifier (ordinary Conv2d) holding ``state``."""
+    """An eval-mode model built without the sparsifier (ordinary Conv2d and Linear) holding ``state``."""
     from adapmtl_cli.builders import build_model_and_tasks
     from adapmtl_cli.io.checkpoint import load_plain_weights
 

@@ -204,8 +204,11 @@ def _inspect_reference(path: Path) -> InspectReport:
     thresholds = {name: threshold_value(float(value)) for name, value in reference.thresholds.items()}
     layers = []
     for key, tensor in reference.state_dict.items():
+        # Conv weights only (4-d), by design: the reference's models (REFERENCE.md 4) have no Linear
+        # layer, and a .model file carries no layer list to say which 2-d tensors were thresholded.
+        # adapmtl's own files go by their ``layers`` metadata, Linear weights included.
         if tensor.dim() != 4 or not key.endswith(".weight"):
-            continue  # only conv weights are sparsified
+            continue
         component = "backbone" if key.startswith("backbone.") else f"head.{key.split('.')[1]}"
         threshold = thresholds.get(component)
         weight = tensor.float()
