@@ -137,7 +137,7 @@ def _render_summary(summary: dict, run_dir: Path) -> None:
 @app.command()
 def prune(
     checkpoint: Path = typer.Argument(..., help="The checkpoint to prune (its effective weights)."),
-    ratio: float = typer.Option(..., "--ratio", help="Fraction of the currently non-zero conv weights to remove, in (0, 1)."),
+    ratio: float = typer.Option(..., "--ratio", help="Fraction of the currently non-zero conv and linear weights to remove, in (0, 1)."),
     out: Path = typer.Option(..., "--out", "-o", help="The pruned checkpoint (with masks) to write."),
     method: str = typer.Option("magnitude", "--method", help="magnitude, snip, disparse or random."),
     scope: str = typer.Option("global", "--scope", help="global, component or layer: where the ratio applies."),
@@ -330,7 +330,7 @@ def export(
         f"checkpoint {escape(str(result.checkpoint))}: {human_size(result.checkpoint_size)} ({result.checkpoint_size:,} bytes)",
         f"export     {escape(str(result.out))} ({what}): {human_size(result.export_size)} ({result.export_size:,} bytes), "
         f"{result.export_size / result.checkpoint_size:.3f}x the checkpoint",
-        f"conv weights: {result.nonzeros:,} non-zero of {result.weights:,} ({100 * (1 - result.nonzeros / max(result.weights, 1)):.2f}% sparse)",
+        f"sparsified weights: {result.nonzeros:,} non-zero of {result.weights:,} ({100 * (1 - result.nonzeros / max(result.weights, 1)):.2f}% sparse)",
         *(escape(note) for note in result.notes),
         "[dim]Unstructured sparsity saves storage and memory, not dense-kernel time: dense convs cost the same.[/]",
     ]

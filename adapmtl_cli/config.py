@@ -109,7 +109,7 @@ class OptimConfig(Section):
 
 class SparsityConfig(Section):
     enabled: bool = True
-    target: float = Field(0.9, gt=0.0, lt=1.0, description="overall fraction of zero conv weights")
+    target: float = Field(0.9, gt=0.0, lt=1.0, description="overall fraction of zero conv and linear weights")
     init: float = Field(-15.0, ge=-1e4, le=1e4, description="sInit: initial s, threshold sigmoid(s)")
     granularity: Literal["component", "layer", "global"] = "component"
     # "freeze": the reference's stop rule. "schedule": thresholds rescaled so that the overall

@@ -106,3 +106,15 @@ def imported_modules(path: Path) -> set[str]:
 def test_the_trainer_module_imports_no_config():
     imports = imported_modules(ENGINE / "trainer.py")
     assert not any(name in ("adapmtl_cli.config", "adapmtl_cli.builders") for name in imports), imports
+
+
+def test_a_sequential_model_still_runs_with_its_sparsifier_attached():
+    """The sparsifier becomes a child of the model; nn.Sequential calls every child in turn."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    image = torch.rand(1, 3, 6, 6)
+    Sparsifier(model, {"backbone": model}, init=-1000.0)  # t = 0: W_eff = W
+    assert "sparsifier" in dict(model.named_children())
+    expected = nn.functional.conv2d(torch.relu(nn.functional.conv2d(image, model[0].parametrizations.weight.original,
+                                                                      model[0].bias)), model[2].parametrizations.weight.original, model[2].bias)
+    assert torch.allclose(model(image), expected)

@@ -392,6 +392,11 @@ class Sparsifier(nn.Module):
             model.register_forward_hook(self._drop_effective_weights, always_call=True)
         model.sparsifier = self  # the thresholds become parameters of the model
 
+    def forward(self, x):
+        """Identity. The sparsifier is a child module of the model it sparsifies (so the thresholds
+        are the model's parameters), and an ``nn.Sequential`` model calls every child in turn."""
+        return x
+
     # -- construction ------------------------------------------------------------------------
 
     def _threshold_name(self, layer_name: str, component: str) -> str:
