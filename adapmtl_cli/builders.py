@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from adapmtl_cli.config import Config
+from adapmtl_cli.errors import ConfigError
 
 # Classes and metric style of each data source. Synthetic and Cityscapes (7 or 19 classes, its
 # label_7/ or label_19/) take their class count from data.num_classes.
@@ -14,7 +15,15 @@ SOURCE_STYLE = {"taskonomy": "taskonomy"}
 
 
 def num_classes(config: Config) -> int:
+    if config.data.factory:
+        return config.data.num_classes
     return SOURCE_CLASSES.get(config.data.source, config.data.num_classes)
+
+
+def input_resolution(config: Config) -> int:
+    """The side of the square images the model sees: data.resolution for the synthetic scenes and
+    a data.factory's datasets, the training crop for the real datasets."""
+    return config.data.resolution if config.data.source == "synthetic" else config.data.crop
 
 
 def build_tasks(config: Config, class_weights: torch.Tensor | None = None) -> dict:
@@ -37,9 +46,46 @@ def build_tasks(config: Config, class_weights: torch.Tensor | None = None) -> di
     return tasks
 
 
-def build_model_and_tasks(config: Config, class_weights: torch.Tensor | None = None):
-    from adapmtl_cli.models.factory import build_model
+def build_network(config: Config, out_channels: dict[str, int]) -> torch.nn.Module:
+    """The plain network (no sparsifier): the built-in one of ``config.model``, or the user's
+    from ``model.factory``, called with ``out_channels`` ({task: channels}) and
+    ``model.factory_args``. A factory's network is checked by one forward of a zero image."""
+    if not config.model.factory:
+        from adapmtl_cli.models.factory import build_network as build_builtin
 
+        return build_builtin(config, out_channels)
+    from adapmtl_cli.models.components import check_outputs
+    from adapmtl_cli.plugins import call_factory, load_factory
+
+    spec = config.model.factory
+    function = load_factory(spec, "model.factory")
+    network = call_factory(function, spec, "model.factory", dict(out_channels), **config.model.factory_args)
+    if not isinstance(network, torch.nn.Module):
+        raise ConfigError(f"model.factory = {spec!r} returned a {type(network).__name__}, not a torch.nn.Module; "
+                          "return the network")
+    check_outputs(network, out_channels, input_resolution(config), f"model.factory = {spec!r}")
+    return network
+
+
+def build_model(config: Config, out_channels: dict[str, int], *, sparse: bool | None = None) -> torch.nn.Module:
+    """The network of ``config`` with ``model.sparsifier`` attached over its components
+    (``model.components``, or ``backbone`` + ``head.<task>``). ``sparse`` overrides
+    ``config.sparsity.enabled``; a disabled sparsifier only counts the components' zeros."""
+    from adapmtl_cli.engine.sparsity import Sparsifier
+    from adapmtl_cli.models.components import resolve_components
+
+    network = build_network(config, out_channels)
+    origin = f"the model of model.factory = {config.model.factory!r}" if config.model.factory else "the built-in model"
+    components = resolve_components(network, config.model.components, list(config.tasks), origin)
+    enabled = config.sparsity.enabled if sparse is None else sparse
+    network.sparsifier = Sparsifier(network, components, enabled=enabled, granularity=config.sparsity.granularity,
+                                    init=config.sparsity.init)
+    return network
+
+
+def build_model_and_tasks(config: Config, class_weights: torch.Tensor | None = None):
+    """The tasks of ``config`` and its model, sparsifier attached: every command that rebuilds a
+    model (train, a checkpoint's load, the dense copies of prune and export) comes through here."""
     tasks = build_tasks(config, class_weights)
     model = build_model(config, {name: task.out_channels for name, task in tasks.items()})
     return model, tasks
@@ -86,8 +132,6 @@ def build_controller(config: Config, sparsifier):
     sparsity = config.sparsity
     unknown = [n for n in sparsity.freeze_only if n not in sparsifier.threshold_names]
     if unknown and sparsifier.enabled:
-        from adapmtl_cli.errors import ConfigError
-
         raise ConfigError(
             f"sparsity.freeze_only names {unknown[0]!r}, which is no threshold of this model; "
             f"valid: {', '.join(sparsifier.threshold_names)}"
@@ -112,8 +156,6 @@ def resolve_device(config: Config) -> torch.device:
     if wanted == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if wanted == "cuda" and not torch.cuda.is_available():
-        from adapmtl_cli.errors import ConfigError
-
         raise ConfigError("train.device = 'cuda' but no CUDA device is available; use train.device=cpu or auto")
     return torch.device(wanted)
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
+import re
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,6 +31,54 @@ TASK_NAMES = ("segment_semantic", "normal", "depth_zbuffer", "keypoints2d", "edg
 SOURCE_TASKS = {"cityscapes": ("segment_semantic", "depth_zbuffer")}
 # The label sets MTAN ships for Cityscapes, one folder each: label_7/, label_19/.
 CITYSCAPES_CLASSES = (7, 19)
+# The keys that name a user's factory: "package.module:function" or "path/to/file.py:function".
+FACTORY_KEYS = ("model.factory", "data.factory")
+_FACTORY_PATTERN = re.compile(r"^(?P<target>.+):(?P<function>[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)$")
+_MODULE_PATTERN = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_COMPONENT_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+
+def split_factory(spec: str) -> tuple[str, str, bool]:
+    """``(target, function, is_file)`` of a factory spec: ``target`` is a module name or a file path
+    (a target ending in ``.py`` or holding a path separator is a file). Raises ValueError for a spec
+    of neither form."""
+    match = _FACTORY_PATTERN.match(spec)
+    if match is None:
+        raise ValueError(f"{spec!r} is not 'package.module:function' or 'path/to/file.py:function'")
+    target = match["target"]
+    is_file = target.endswith(".py") or "/" in target or "\\" in target
+    if not is_file and not _MODULE_PATTERN.match(target):
+        raise ValueError(f"{spec!r}: {target!r} is neither a dotted module name nor a path to a .py file")
+    return target, match["function"], is_file
+
+
+def _check_factory(value: str) -> str:
+    if value:
+        split_factory(value)
+    return value
+
+
+def _check_factory_args(value: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments: identifier keys, values that survive the trip through the checkpoint's
+    JSON unchanged (no dates, no NaN or infinity)."""
+    for key, item in value.items():
+        if not key.isidentifier():
+            raise ValueError(f"key {key!r} is not a Python identifier (the keys are keyword arguments of the factory)")
+        _check_json_value(item, key)
+    return value
+
+
+def _check_json_value(value: Any, where: str) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_json_value(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for item in value:
+            _check_json_value(item, where)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} = {value}: a non-finite number cannot be recorded in a checkpoint")
+    elif not isinstance(value, (str, int, float, bool)):
+        raise ValueError(f"{where}: a {type(value).__name__} value cannot be recorded in a checkpoint; pass it as a string")
 
 
 class Section(BaseModel):
@@ -44,6 +95,40 @@ class ModelConfig(Section):
     # Hidden channels of the ASPP branches (the paper: 1024). Smaller values make smoke tests cheap.
     head_hidden: int = Field(1024, ge=4, le=4096)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    # A user's network instead of the built-in ones: "package.module:function" or
+    # "path/to/file.py:function" (relative to the preset's folder). The function gets
+    # {task: output channels} and model.factory_args as keyword arguments, and returns an
+    # nn.Module whose forward returns {task: [B, C, h, w]}. backbone/head/width/... are then unused.
+    factory: str = ""
+    factory_args: dict[str, Any] = Field(default_factory=dict)
+    # Component name -> dotted submodule path ("" = the whole model); each component gets its
+    # own threshold, a submodule in none stays dense. Empty: "backbone" and "head.<task>" of a
+    # model with a `backbone` and `heads.<task>` submodules (the built-in networks).
+    components: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_form(cls, value: str) -> str:
+        return _check_factory(value)
+
+    @field_validator("factory_args")
+    @classmethod
+    def _factory_args_json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_factory_args(value)
+
+    @field_validator("components")
+    @classmethod
+    def _components_named(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, path in value.items():
+            if not _COMPONENT_NAME.match(name):
+                raise ValueError(f"component name {name!r}: use letters, digits, '_', '.' and '-'")
+            if path != path.strip() or ".." in path or path.startswith(".") or path.endswith("."):
+                raise ValueError(f"component {name!r}: {path!r} is not a dotted submodule path such as 'decoders.seg'")
+        paths = list(value.values())
+        for path in paths:
+            if paths.count(path) > 1:
+                raise ValueError(f"two components name the same submodule {path!r}; give each submodule one component")
+        return value
 
 
 class DataConfig(Section):
@@ -62,6 +147,22 @@ class DataConfig(Section):
     # Standard mode selects the best model on this fraction of train, carved with the seed.
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
     workers: int = Field(0, ge=0, le=64)
+    # A user's datasets instead of data.source: "package.module:function" or
+    # "path/to/file.py:function", called with the list of tasks and data.factory_args as keyword
+    # arguments; returns {"train": ds, "val": ds, "test": ds} or (train, val, test). data.resolution
+    # is then the size of the model's check forward and of the program export's example input.
+    factory: str = ""
+    factory_args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("factory")
+    @classmethod
+    def _factory_form(cls, value: str) -> str:
+        return _check_factory(value)
+
+    @field_validator("factory_args")
+    @classmethod
+    def _factory_args_json(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _check_factory_args(value)
 
 
 class TrainConfig(Section):
@@ -199,6 +300,9 @@ class Config(Section):
         if lacking:
             raise ValueError(f"tasks lists {lacking[0]!r}, which data.source = {source!r} does not have; "
                              f"keep tasks within {list(available)}")
+        if self.data.factory and source != "synthetic":
+            raise ValueError(f"data.factory and data.source = {source!r} both say where the data comes from; "
+                             "remove data.source (the factory's datasets are used)")
         if source == "cityscapes" and self.data.num_classes not in CITYSCAPES_CLASSES:
             raise ValueError(f"data.num_classes = {self.data.num_classes} with data.source = 'cityscapes': set 7 or 19 "
                              "(it reads the labels from label_7/ or label_19/)")
@@ -244,8 +348,11 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Con
     """Read a preset (name or file), apply ``key=value`` overrides, validate."""
     path = resolve_preset_path(preset)
     raw = read_toml(path)
+    anchor_factory_files(raw, path.parent)
     for override in overrides:
-        apply_override(raw, override)
+        key = apply_override(raw, override)
+        if key in FACTORY_KEYS:
+            anchor_factory_files(raw, Path.cwd(), only=key)
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
@@ -263,6 +370,26 @@ def load_config(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Con
         raise ConfigError(f"{source}: {message}") from None
 
 
+def anchor_factory_files(raw: dict[str, Any], base: Path, only: str | None = None) -> None:
+    """Make a relative ``path/to/file.py:function`` factory absolute, from ``base`` (the preset's
+    folder, or the current directory for an override), so the saved config.toml and checkpoints
+    find the file again from anywhere. Module specs and malformed values are left to validation."""
+    for key in FACTORY_KEYS:
+        if only is not None and key != only:
+            continue
+        table, name = key.split(".")
+        section = raw.get(table)
+        spec = section.get(name) if isinstance(section, dict) else None
+        if not isinstance(spec, str) or not spec:
+            continue
+        try:
+            target, function, is_file = split_factory(spec)
+        except ValueError:
+            continue
+        if is_file and not Path(target).is_absolute():
+            section[name] = f"{(base / target).resolve()}:{function}"
+
+
 def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(raw)
@@ -274,14 +401,18 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
 # Overrides: dotted keys, values parsed as TOML so that they keep their types
 
 
-def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Set ``a.b.c=value`` in a raw config dict; the key must exist in the schema."""
+def apply_override(raw: dict[str, Any], override: str) -> str:
+    """Set ``a.b.c=value`` in a raw config dict; the key must exist in the schema. Returns the key.
+
+    Below a table-valued key (``weighting.priorities``, ``model.factory_args``,
+    ``model.components``) the rest of the dotted key is one entry's name, dots included:
+    ``model.components.head.seg=decoders.seg`` sets the entry ``"head.seg"``.
+    """
     key, sep, text = override.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ConfigError(f"override {override!r} is not key=value, e.g. train.steps=500")
-    path = key.split(".")
-    _check_key_exists(path)
+    path = _check_key_exists(key.split("."))
     target = raw
     for part in path[:-1]:
         node = target.setdefault(part, {})
@@ -289,6 +420,7 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
             raise ConfigError(f"override {key}: {part} is not a table")
         target = node
     target[path[-1]] = parse_value(text.strip())
+    return key
 
 
 def parse_value(text: str) -> Any:
@@ -299,7 +431,9 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def _check_key_exists(path: list[str]) -> None:
+def _check_key_exists(path: list[str]) -> list[str]:
+    """Check a dotted key against the schema; returns its parts, with everything below a
+    table-valued field joined into that table's one entry name."""
     model: type[BaseModel] | None = Config
     for depth, part in enumerate(path):
         fields = model.model_fields if model is not None else {}
@@ -312,11 +446,12 @@ def _check_key_exists(path: list[str]) -> None:
         annotation = fields[part].annotation
         is_section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
         if depth < len(path) - 1 and not is_section:
-            # Only dict-valued fields (priorities) accept one more level.
-            if fields[part].annotation == dict[str, float] and depth == len(path) - 2:
-                return
+            # Table-valued fields (priorities, factory_args, components) take one entry name.
+            if typing.get_origin(annotation) is dict and all(path[depth + 1:]):
+                return path[:depth + 1] + [".".join(path[depth + 1:])]
             raise ConfigError(f"unknown config key {'.'.join(path)!r}: {'.'.join(path[:depth + 1])} is a value")
         model = annotation if is_section else None
+    return path
 
 
 def all_keys() -> list[str]:
@@ -376,7 +511,7 @@ def config_to_toml(config: Config) -> str:
 
 
 def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() else json.dumps(key)
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
 
 
 def _toml_value(value: Any) -> str:
@@ -388,6 +523,8 @@ def _toml_value(value: Any) -> str:
         return json.dumps(value)
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # a table inside a table (model.factory_args): an inline table
+        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {value!r} as TOML")
 
 

@@ -164,6 +164,8 @@ def evaluate_checkpoint(path: Path, *, data_root: str | None = None, split: str 
 
 def _evaluation_data_config(config: Config, data_root: str | None) -> tuple[Config, str]:
     config = config.model_copy(deep=True)
+    if config.data.factory:
+        return config, f"data.factory = {config.data.factory!r}"
     if data_root is not None:
         config.data.root = data_root
     if config.data.source != "synthetic" and not config.data.root:

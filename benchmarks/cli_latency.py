@@ -22,7 +22,7 @@ import torch
 
 from adapmtl_cli.config import config_to_json, load_config
 from adapmtl_cli.io.checkpoint import save_checkpoint
-from adapmtl_cli.models.factory import build_model
+from adapmtl_cli.builders import build_model
 
 TARGETS = {"adapmtl --help": 0.5, "adapmtl inspect (90M checkpoint)": 2.0, "adapmtl inspect --json": 2.0}
 

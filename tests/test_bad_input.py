@@ -12,7 +12,7 @@ from safetensors.numpy import save_file
 from adapmtl_cli.cli import main
 from adapmtl_cli.config import config_to_json, load_config
 from adapmtl_cli.io.checkpoint import save_checkpoint
-from adapmtl_cli.models.factory import build_model
+from adapmtl_cli.builders import build_model
 
 OUT_CHANNELS = {"segment_semantic": 6, "normal": 3, "depth_zbuffer": 1}
 SMALL = ["model.width=8", "data.resolution=32", "data.test_size=4", "data.val_size=4", "train.batch_size=2"]

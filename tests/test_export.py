@@ -22,7 +22,7 @@ from adapmtl_cli.config import config_to_json, load_config
 from adapmtl_cli.errors import CheckpointError
 from adapmtl_cli.io.checkpoint import load_model_from_checkpoint, save_checkpoint
 from adapmtl_cli.io.export import read_sparse_export
-from adapmtl_cli.models.factory import build_model
+from adapmtl_cli.builders import build_model
 
 OUT_CHANNELS = {"segment_semantic": 6, "normal": 3, "depth_zbuffer": 1}
 WIDTH = 8

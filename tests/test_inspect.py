@@ -11,7 +11,7 @@ from safetensors.numpy import save_file
 from adapmtl_cli.cli import main
 from adapmtl_cli.config import config_to_json, load_config
 from adapmtl_cli.io.checkpoint import save_checkpoint
-from adapmtl_cli.models.factory import build_model
+from adapmtl_cli.builders import build_model
 
 OUT_CHANNELS = {"segment_semantic": 6, "normal": 3, "depth_zbuffer": 1}
 

@@ -6,7 +6,7 @@ from torch import nn
 
 from adapmtl_cli.config import load_config
 from adapmtl_cli.models.backbones import build_backbone
-from adapmtl_cli.models.factory import build_model
+from adapmtl_cli.builders import build_model
 from adapmtl_cli.models.heads import ASPPHead
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from adapmtl_cli.cli import main
 from adapmtl_cli.config import config_to_json, load_config
 from adapmtl_cli.io.checkpoint import save_checkpoint
-from adapmtl_cli.models.factory import build_model
+from adapmtl_cli.builders import build_model
 
 TINY = ["model.width=8", "data.train_size=64", "data.val_size=8", "data.test_size=8", "train.batch_size=4",
         "train.steps=30", "train.val_every=30", "train.log_every=10", "train.layer_log_every=30"]

@@ -11,7 +11,7 @@ from adapmtl_cli.cli import main
 from adapmtl_cli.config import load_config
 from adapmtl_cli.errors import CheckpointError
 from adapmtl_cli.io.reference import load_reference_checkpoint
-from adapmtl_cli.models.factory import build_model
+from adapmtl_cli.builders import build_model
 
 
 class Layout:

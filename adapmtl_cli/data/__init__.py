@@ -1,4 +1,4 @@
-"""Datasets: the built-in synthetic scenes and the paper's on-disk formats."""
+"""Datasets: the built-in synthetic scenes, the paper's on-disk formats, and a user's from data.factory."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ class DataBundle:
 
 
 def build_datasets(config: Config) -> DataBundle:
+    if config.data.factory:
+        from adapmtl_cli.data.custom import build_factory_datasets
+
+        return build_factory_datasets(config)
     source = config.data.source
     if source == "synthetic":
         return _synthetic(config)

@@ -143,12 +143,22 @@ def checkpoint_metadata(model: torch.nn.Module, config_json: str, step: int, rep
         "adapmtl_version": adapmtl_cli.__version__,
         "config": config_json,
         "step": str(step),
-        "tasks": json.dumps(list(tasks) if tasks is not None else list(getattr(model, "heads", {}))),
+        "tasks": json.dumps(list(tasks) if tasks is not None else recorded_tasks(model, config_json)),
         "layers": json.dumps(layers),
         "sparsity": jsonout.dumps(report.get("sparsity", {})),
         "thresholds": jsonout.dumps(report.get("thresholds", {})),
         "metrics": jsonout.dumps(report.get("metrics", {})),
     }
+
+
+def recorded_tasks(model: torch.nn.Module, config_json: str) -> list[str]:
+    """The tasks a checkpoint records: the config's, in its order (a user's model from
+    ``model.factory`` may have no ``heads``); a model's ``heads`` only without a config."""
+    try:
+        tasks = json.loads(config_json).get("tasks") if config_json else None
+    except (json.JSONDecodeError, AttributeError):
+        tasks = None
+    return list(tasks) if isinstance(tasks, list) else list(getattr(model, "heads", {}))
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, config_json: str, step: int, report: dict,

@@ -1,11 +1,13 @@
-"""Build a multitask model from a config: backbone, one head per task, and the sparsifier."""
+"""Build the built-in multitask network from a config: a backbone and one head per task.
+
+Nothing under ``adapmtl_cli.models`` imports the engine: the sparsifier is attached from outside
+(``adapmtl_cli.builders``), the same way for these networks and for a user's ``model.factory``."""
 
 from __future__ import annotations
 
 from torch import nn
 
 from adapmtl_cli.config import Config
-from adapmtl_cli.engine.sparsity import Sparsifier
 from adapmtl_cli.models.multitask import MultiTaskModel
 
 
@@ -29,21 +31,13 @@ def build_head(config: Config, in_channels: int, out_channels: int) -> nn.Module
     return ASPPHead(in_channels, out_channels, hidden=config.model.head_hidden, dropout=config.model.dropout)
 
 
-def build_model(config: Config, out_channels: dict[str, int], *, sparse: bool | None = None) -> MultiTaskModel:
-    """The multitask model of ``config`` with ``model.sparsifier`` attached.
+def build_network(config: Config, out_channels: dict[str, int]) -> MultiTaskModel:
+    """The built-in multitask network of ``config``: a backbone and one head per task, plain
+    (no sparsifier: :func:`adapmtl_cli.builders.build_model` attaches it from outside).
 
     ``out_channels`` maps each task to its output channels (from the task registry), so this
-    function needs no knowledge of tasks. ``sparse`` overrides ``config.sparsity.enabled``.
+    function needs no knowledge of tasks.
     """
     backbone = build_backbone_from_config(config)
     heads = {task: build_head(config, backbone.out_channels, out_channels[task]) for task in config.tasks}
-    model = MultiTaskModel(backbone, heads)
-    enabled = config.sparsity.enabled if sparse is None else sparse
-    model.sparsifier = Sparsifier(
-        model,
-        model.components(),
-        enabled=enabled,
-        granularity=config.sparsity.granularity,
-        init=config.sparsity.init,
-    )
-    return model
+    return MultiTaskModel(backbone, heads)
