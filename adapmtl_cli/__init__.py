@@ -20,9 +20,9 @@ __all__ = ["Sparsifier", "ScheduleController", "FreezeController", "AdaptiveWeig
            "save_checkpoint", "load_checkpoint"]
 
 _LOCATIONS = {
-    "Sparsifier": "adapmtl_cli.engine.sparsity",
-    "ScheduleController": "adapmtl_cli.engine.sparsity",
-    "FreezeController": "adapmtl_cli.engine.sparsity",
+    "Sparsifier": "adapmtl_cli.engine.sparsifier",
+    "ScheduleController": "adapmtl_cli.engine.controllers",
+    "FreezeController": "adapmtl_cli.engine.controllers",
     "AdaptiveWeighting": "adapmtl_cli.engine.weighting",
     "EqualWeighting": "adapmtl_cli.engine.weighting",
     "save_checkpoint": "adapmtl_cli.api",

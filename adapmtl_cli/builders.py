@@ -71,7 +71,7 @@ def build_model(config: Config, out_channels: dict[str, int], *, sparse: bool | 
     """The network of ``config`` with ``model.sparsifier`` attached over its components
     (``model.components``, or ``backbone`` + ``head.<task>``). ``sparse`` overrides
     ``config.sparsity.enabled``; a disabled sparsifier only counts the components' zeros."""
-    from adapmtl_cli.engine.sparsity import Sparsifier
+    from adapmtl_cli.engine.sparsifier import Sparsifier
     from adapmtl_cli.models.components import resolve_components
 
     network = build_network(config, out_channels)
@@ -127,7 +127,7 @@ def task_priorities(config: Config) -> torch.Tensor:
 
 
 def build_controller(config: Config, sparsifier):
-    from adapmtl_cli.engine.sparsity import FreezeController, ScheduleController
+    from adapmtl_cli.engine.controllers import FreezeController, ScheduleController
 
     sparsity = config.sparsity
     unknown = [n for n in sparsity.freeze_only if n not in sparsifier.threshold_names]

@@ -303,7 +303,7 @@ def dense_copy(path: Path):
     """A checkpoint's model as a dense (threshold-free) model holding its effective weights, with
     its masks, if any. Returns ``(model, dense_config, checkpoint)``."""
     from adapmtl_cli.builders import build_model_and_tasks
-    from adapmtl_cli.engine.sparsity import effective_state_dict
+    from adapmtl_cli.engine.sparsifier import effective_state_dict
     from adapmtl_cli.io.checkpoint import load_model_from_checkpoint, load_plain_weights
 
     model, config, checkpoint = load_model_from_checkpoint(path)
@@ -450,7 +450,7 @@ def finetune(path: Path, out: Path, *, overrides: list[str] = (), preset: str | 
     ``auto`` picks ``masked`` when the checkpoint has masks.
     """
     from adapmtl_cli.config import load_config, validate_config
-    from adapmtl_cli.engine.sparsity import effective_state_dict
+    from adapmtl_cli.engine.sparsifier import effective_state_dict
     from adapmtl_cli.io.checkpoint import atomic_write_text, load_model_from_checkpoint, read_checkpoint
     from adapmtl_cli.run import TrainingRun
 

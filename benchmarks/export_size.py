@@ -60,7 +60,7 @@ def floor_bytes(state: dict[str, torch.Tensor], layers: set[str], value_bytes: i
 
 
 def measure_preset(preset: str, folder: Path) -> list[dict]:
-    from adapmtl_cli.engine.sparsity import effective_state_dict
+    from adapmtl_cli.engine.sparsifier import effective_state_dict
     from adapmtl_cli.builders import build_model
 
     from adapmtl_cli.builders import build_tasks

@@ -38,7 +38,7 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def check_soft_shrink(lines: list[str]) -> None:
-    from adapmtl_cli.engine.sparsity import soft_shrink
+    from adapmtl_cli.engine.shrink import soft_shrink
 
     generator = torch.Generator().manual_seed(1)
     worst = {"W_eff": 0.0, "dL/dW": 0.0, "dL/ds": 0.0}

@@ -188,7 +188,7 @@ def test_sparse_export_round_trip_is_bitwise(checkpoint, reference, tmp_path, ca
     out = tmp_path / "sparse.safetensors"
     assert export(checkpoint, "sparse", out) == 0
     capsys.readouterr()
-    from adapmtl_cli.engine.sparsity import effective_state_dict
+    from adapmtl_cli.engine.sparsifier import effective_state_dict
 
     want = effective_state_dict(model)
     got = read_sparse_export(out)
@@ -229,7 +229,7 @@ def test_sparse_half_values_round_to_that_dtype(checkpoint, reference, tmp_path,
     assert export(checkpoint, "sparse", out, "--dtype", flag) == 0
     assert export(checkpoint, "sparse", full) == 0
     capsys.readouterr()
-    from adapmtl_cli.engine.sparsity import effective_state_dict
+    from adapmtl_cli.engine.sparsifier import effective_state_dict
 
     want = effective_state_dict(model)
     got = read_sparse_export(out)

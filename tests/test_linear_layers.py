@@ -17,10 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adapmtl_cli.engine import sparsity
-from adapmtl_cli.engine.pruning import MaskKeeper, apply_masks, compute_masks, disparse_saliency, snip_saliency
-from adapmtl_cli.engine.sparsity import (BUFFER_MIN_NUMEL, CHUNK_NUMEL, ScheduleController, Sparsifier,
-                                         effective_state_dict)
+from adapmtl_cli.engine import shrink
+from adapmtl_cli.engine.controllers import MaskKeeper
+from adapmtl_cli.engine.pruning import apply_masks, compute_masks, disparse_saliency, snip_saliency
+from adapmtl_cli.engine.sparsifier import Sparsifier, effective_state_dict
+from adapmtl_cli.engine.shrink import BUFFER_MIN_NUMEL, CHUNK_NUMEL
+from adapmtl_cli.engine.controllers import ScheduleController
 
 Tensor = torch.Tensor
 
@@ -118,7 +120,7 @@ def test_sparsified_linear_gives_the_formula(monkeypatch, pattern, size, shared)
         def no_fallback(*args):
             raise AssertionError("the whole-tensor fallback ran for a contiguous Linear weight")
 
-        monkeypatch.setattr(sparsity, "_dot", no_fallback)
+        monkeypatch.setattr(shrink, "_dot", no_fallback)
 
     # W_eff read outside the forward is the soft shrink.
     s = model.sparsifier.thresholds[-1]
@@ -145,7 +147,7 @@ def test_sparsified_linear_gives_the_formula(monkeypatch, pattern, size, shared)
 @pytest.mark.parametrize("size", ["small", "huge"])
 def test_device_path_gives_the_formula_for_linear(monkeypatch, size):
     """The GPUs' path (threshold kept a tensor, every layer multi-tensor), run on the CPU."""
-    monkeypatch.setattr(sparsity, "_on_host", lambda weight: False)
+    monkeypatch.setattr(shrink, "on_host", lambda weight: False)
     inputs = linear_inputs()
     expected = formula_linear_grads(size, True, inputs)
     model = linear_net(size, shared=True)

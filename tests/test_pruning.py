@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from adapmtl_cli.engine.controllers import MaskKeeper
 from adapmtl_cli.engine.pruning import (
-    MaskKeeper,
     apply_masks,
     disparse_masks,
     iterative_schedule,
@@ -20,7 +20,7 @@ from adapmtl_cli.engine.pruning import (
     snip_masks,
     snip_saliency,
 )
-from adapmtl_cli.engine.sparsity import Sparsifier, plain_state_dict
+from adapmtl_cli.engine.sparsifier import Sparsifier, plain_state_dict
 
 T, F = True, False
 

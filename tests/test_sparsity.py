@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from adapmtl_cli.engine.sparsity import FreezeController, Sparsifier, effective_state_dict, plain_state_dict
+from adapmtl_cli.engine.sparsifier import Sparsifier, effective_state_dict, plain_state_dict
+from adapmtl_cli.engine.controllers import FreezeController
 
 
 def logit(p: float) -> float:
@@ -180,7 +181,7 @@ def test_dense_models_are_counted_without_thresholds():
 
 def test_fused_soft_shrink_matches_the_formula_through_autograd():
     """A second implementation: autograd through sign(W) * relu(|W| - sigmoid(s))."""
-    from adapmtl_cli.engine.sparsity import soft_shrink
+    from adapmtl_cli.engine.shrink import soft_shrink
 
     torch.manual_seed(0)
     weight = torch.randn(64, 32, 3, 3)
@@ -238,7 +239,7 @@ def _formula_grads(inputs, wide: str, shared: bool):
 
 
 def test_layer_sizes_reach_every_path():
-    from adapmtl_cli.engine.sparsity import BUFFER_MIN_NUMEL, CHUNK_NUMEL
+    from adapmtl_cli.engine.shrink import BUFFER_MIN_NUMEL, CHUNK_NUMEL
 
     assert _two_convs(wide="small").b.weight.numel() < BUFFER_MIN_NUMEL
     assert BUFFER_MIN_NUMEL <= _two_convs(wide="wide").b.weight.numel() <= CHUNK_NUMEL
@@ -345,9 +346,9 @@ def test_cpu_zero_count_equals_numpy(channels_last, wide, nan):
 @pytest.mark.parametrize("wide", ["small", "huge"])
 def test_device_path_gives_the_formula_gradients(monkeypatch, wide):
     """The path GPUs take (threshold kept a tensor, every layer multi-tensor), run on the CPU."""
-    import adapmtl_cli.engine.sparsity as sparsity
+    import adapmtl_cli.engine.shrink as shrink
 
-    monkeypatch.setattr(sparsity, "_on_host", lambda weight: False)
+    monkeypatch.setattr(shrink, "on_host", lambda weight: False)
     inputs = [torch.randn(2, 3, 10, 10, generator=torch.Generator().manual_seed(3))]
     expected = _formula_grads(inputs, wide, shared=True)
     model = _two_convs(wide=wide, shared=True)

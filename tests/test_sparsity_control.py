@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from adapmtl_cli.engine.sparsity import ScheduleController, Sparsifier, planned_sparsity
+from adapmtl_cli.engine.sparsifier import Sparsifier
+from adapmtl_cli.engine.controllers import ScheduleController, planned_sparsity
 
 
 def test_cubic_plan_by_hand():

@@ -12,8 +12,8 @@ One step, top to bottom:
   3. backward
   4. bookkeeping with ONE host copy: the losses (averaged over ranks) and, when the controller
      asks, the overall sparsity; a non-finite loss stops the run before the weights change
-  5. ``controller.after_backward()`` (the stop rule freezes thresholds at the target), the
-     weighting update
+  5. ``controller.after_backward()`` (the stop rule freezes thresholds at the target; the mask
+     keeper zeroes pruned gradients), the weighting update
   6. optimizer step (Adam, coupled L2 on every parameter), scheduler step,
      ``controller.after_step(done)`` (the schedule rescales thresholds)
   7. every callback's ``on_step_end(trainer, done, record)`` (logging, validation, checkpoints)
@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from adapmtl_cli.engine import distributed as dist_utils
 from adapmtl_cli.engine.evaluator import autocast_context
-from adapmtl_cli.engine.sparsity import NonFiniteThresholdError
+from adapmtl_cli.engine.shrink import NonFiniteThresholdError
 
 
 class TrainingDiverged(FloatingPointError):
@@ -59,13 +59,13 @@ class Trainer:
 
     ``priorities`` (one per task, default 1) multiply the weighting's weights. ``ddp_model`` is the
     module the forward goes through (a DistributedDataParallel wrapper of ``model``), ``model``
-    itself by default. ``mask_keeper`` (engine/pruning.py) holds pruned weights at zero.
+    itself by default. ``controller`` is any ``SparsityController`` (engine/controllers/base.py);
+    the trainer never asks which.
     """
 
     def __init__(self, model: nn.Module, tasks: dict, optimizer: torch.optim.Optimizer, scheduler, weighting, controller,
                  *, steps: int, device: torch.device, priorities: Tensor | None = None, amp: str = "none",
-                 channels_last: bool = False, callbacks: Sequence[TrainerCallback] = (), ddp_model: nn.Module | None = None,
-                 mask_keeper=None):
+                 channels_last: bool = False, callbacks: Sequence[TrainerCallback] = (), ddp_model: nn.Module | None = None):
         self.model = model
         self.sparsifier = model.sparsifier
         self.tasks = tasks
@@ -80,17 +80,20 @@ class Trainer:
         self.channels_last = channels_last
         self.callbacks = list(callbacks)
         self.ddp_model = ddp_model if ddp_model is not None else model
-        self.mask_keeper = mask_keeper
+        self._mask_keeper = None
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
     def attach_masks(self, masks: dict[str, Tensor]) -> None:
-        """Hold pruned weights at exactly zero from now on (gradients, weights, Adam moments)."""
-        from adapmtl_cli.engine.pruning import MaskKeeper
+        """Hold pruned weights at exactly zero from now on (gradients, weights, Adam moments): a
+        mask keeper joins the controller (again on resume, replacing the previous one)."""
+        from adapmtl_cli.engine.controllers import ControllerGroup, MaskKeeper
 
-        if self.mask_keeper is not None:
-            self.mask_keeper.remove()
+        if self._mask_keeper is not None:
+            self._mask_keeper.remove()
+            self.controller = self.controller.primary
         self.model.masks = {key: mask.to(self.device) for key, mask in masks.items()}
-        self.mask_keeper = MaskKeeper(self.model, self.model.masks, optimizer=self.optimizer)
+        self._mask_keeper = MaskKeeper(self.model, self.model.masks, optimizer=self.optimizer)
+        self.controller = ControllerGroup(self.controller, self._mask_keeper)
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -145,14 +148,10 @@ class Trainer:
         if check:
             self.controller.observe(float(host[-1]))
         self.controller.after_backward()
-        if self.mask_keeper is not None:
-            self.mask_keeper.after_backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.controller.after_step(step + 1)
-        if self.mask_keeper is not None:
-            self.mask_keeper.after_step(step + 1)
         return {
             "losses": dict(zip(self.tasks, task_losses.tolist())),
             "weights": dict(zip(self.tasks, weights.tolist())),

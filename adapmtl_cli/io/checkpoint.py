@@ -121,7 +121,7 @@ class Checkpoint:
 
 def checkpoint_tensors(model: torch.nn.Module) -> dict[str, Tensor]:
     """The model's raw state under plain keys plus each threshold once."""
-    from adapmtl_cli.engine.sparsity import plain_state_dict
+    from adapmtl_cli.engine.sparsifier import plain_state_dict
 
     tensors = plain_state_dict(model)
     sparsifier = model.sparsifier

@@ -104,7 +104,7 @@ def effective_model(path: Path | str):
     sparsified weight keys mapped to their component, in the model's order. The model is rebuilt
     from the checkpoint's config (``load_model_from_checkpoint``), so only models the builders
     know can be exported through here."""
-    from adapmtl_cli.engine.sparsity import effective_state_dict
+    from adapmtl_cli.engine.sparsifier import effective_state_dict
     from adapmtl_cli.io.checkpoint import load_model_from_checkpoint
 
     folded = _fold_without_model(path)
