@@ -42,8 +42,13 @@ def losses_of(outputs, targets):
                         (outputs["depth_zbuffer"][valid] - depth[valid]).abs().mean()])
 
 
+def forever(loader):  # a new shuffled epoch whenever one ends
+    while True:
+        yield from loader
+
+
 model.train()
-batches = iter(loader)
+batches = forever(loader)
 for step in range(steps):
     image, targets = next(batches)
     losses = losses_of(model(image), targets)
