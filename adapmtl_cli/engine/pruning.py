@@ -35,6 +35,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from adapmtl_cli.keys import plain_key
+
 Scope = Literal["global", "component", "layer"]
 Masks = dict[str, Tensor]
 SCOPES = ("global", "component", "layer")
@@ -532,10 +534,6 @@ def iterative_schedule(final_ratio: float, steps: int, total: int | None = None)
     return ratios
 
 
-def _plain_key(key: str) -> str:
-    return key.replace(".parametrizations.weight.original", ".weight")
-
-
 @torch.no_grad()
 def rewind(model: nn.Module, initial_state: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
     """LTH rewind: every tensor of ``initial_state`` (plain keys, as ``plain_state_dict`` gives them:
@@ -546,7 +544,7 @@ def rewind(model: nn.Module, initial_state: Mapping[str, Tensor], masks: Mapping
     for key, value in model.state_dict(keep_vars=True).items():
         if key.startswith("sparsifier."):
             continue
-        targets[_plain_key(key)] = value
+        targets[plain_key(key)] = value
     missing = [k for k in initial_state if k not in targets]
     if missing:
         raise KeyError(f"initial state has {missing[0]!r}, which the model does not have")
