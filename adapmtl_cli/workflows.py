@@ -295,10 +295,6 @@ def _fmt(value, signed: bool = False) -> str:
 
 # -- prune and finetune ---------------------------------------------------------------------
 
-PRUNE_METHODS = ("magnitude", "snip", "disparse", "random")
-PRUNE_SCOPES = ("global", "component", "layer")
-
-
 def dense_copy(path: Path):
     """A checkpoint's model as a dense (threshold-free) model holding its effective weights, with
     its masks, if any. Returns ``(model, dense_config, checkpoint)``."""
@@ -326,7 +322,7 @@ def prune(path: Path, ratio: float, out: Path, *, method: str = "magnitude", sco
     """
     import torch
 
-    from adapmtl_cli.engine.pruning import apply_masks, compute_masks
+    from adapmtl_cli.engine.pruning import METHODS, apply_masks, compute_masks
     from adapmtl_cli.io.checkpoint import save_checkpoint
 
     _check_prune_arguments(ratio, method, scope, out, force)
@@ -337,10 +333,11 @@ def prune(path: Path, ratio: float, out: Path, *, method: str = "magnitude", sco
         return _prune_tensors(folded, ratio, out, method=method, scope=scope)
     model, config, checkpoint = dense_copy(path)
     sample = None
-    if method in ("snip", "disparse"):
+    if METHODS[method].needs_data:
         sample = _scoring_batches(config, data_root, batches)
+    # match_overall: DiSparse removes the ratio of the whole model (only its function takes it).
     masks = compute_masks(model, method, ratio, scope, batches=sample, loss_fn=_loss_fn(config),
-                          generator=torch.Generator().manual_seed(config.seed), match_overall=method == "disparse")
+                          generator=torch.Generator().manual_seed(config.seed), match_overall=True)
     previous = getattr(model, "masks", {})
     masks = {key: mask & previous[key] if key in previous else mask for key, mask in masks.items()}
     apply_masks(model, masks)
@@ -361,18 +358,17 @@ def _prune_tensors(folded, ratio: float, out: Path, *, method: str, scope: str) 
 
     import adapmtl_cli
     from adapmtl_cli.counting import sparsity_report
-    from adapmtl_cli.engine.pruning import magnitude_masks, random_masks
+    from adapmtl_cli.engine.pruning import METHODS, weight_masks
+    from adapmtl_cli.engine.prune_methods import spoken_list
     from adapmtl_cli.io import checkpoint as ckpt
 
     state, layers, _, checkpoint = folded
-    if method not in ("magnitude", "random"):
+    if METHODS[method].needs_data:
         raise ConfigError(f"--method {method}: {checkpoint.path} was saved from Python without a config, so its model "
-                          "cannot be run for saliency; use magnitude or random, or save it with config= (model.factory)")
+                          f"cannot be run for saliency; use {spoken_list(m for m in METHODS if not METHODS[m].needs_data)}, "
+                          "or save it with config= (model.factory)")
     weights = {key: state[key] for key in layers}
-    if method == "magnitude":
-        masks = magnitude_masks(weights, layers, ratio, scope)
-    else:
-        masks = random_masks(weights, layers, ratio, scope, generator=torch.Generator().manual_seed(0))
+    masks = weight_masks(method, weights, layers, ratio, scope, generator=torch.Generator().manual_seed(0))
     previous = checkpoint.masks()
     masks = {key: mask & previous[key] if key in previous else mask for key, mask in masks.items()}
     tensors = dict(state)
@@ -397,10 +393,12 @@ def _prune_tensors(folded, ratio: float, out: Path, *, method: str, scope: str) 
 def _check_prune_arguments(ratio: float, method: str, scope: str, out: Path, force: bool) -> None:
     if not 0.0 < ratio < 1.0:
         raise ConfigError(f"--ratio {ratio}: must be in (0, 1), the fraction of the non-zero weights to remove")
-    if method not in PRUNE_METHODS:
-        raise ConfigError(f"--method {method!r}: choose one of {', '.join(PRUNE_METHODS)}")
-    if scope not in PRUNE_SCOPES:
-        raise ConfigError(f"--scope {scope!r}: choose one of {', '.join(PRUNE_SCOPES)}")
+    from adapmtl_cli.engine.prune_methods import METHODS, SCOPES
+
+    if method not in METHODS:
+        raise ConfigError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if scope not in SCOPES:
+        raise ConfigError(f"--scope {scope!r}: choose one of {', '.join(SCOPES)}")
     if Path(out).exists() and not force:
         raise ConfigError(f"--out {out} exists; pass --force to overwrite it")
 
