@@ -27,22 +27,21 @@ def input_resolution(config: Config) -> int:
 
 
 def build_tasks(config: Config, class_weights: torch.Tensor | None = None) -> dict:
-    from adapmtl_cli.tasks import MetricQuirks, build_task
+    """The tasks of ``config``, each kind given the options its constructor names
+    (``tasks.task_options``) out of: quirks, num_classes, class_weights and the source's style."""
+    from adapmtl_cli.tasks import MetricQuirks, build_task, task_options
 
     quirks = MetricQuirks(
         miou_tp_only=config.eval.miou_tp_only,
         batch_weighted_means=config.eval.batch_weighted_means,
         depth_unclamped=config.eval.depth_unclamped,
     )
-    style = SOURCE_STYLE.get(config.data.source, "nyuv2")
+    available = {"quirks": quirks, "num_classes": num_classes(config), "class_weights": class_weights,
+                 "style": SOURCE_STYLE.get(config.data.source, "nyuv2")}
     tasks = {}
     for name in config.tasks:
-        options: dict = {"quirks": quirks}
-        if name == "segment_semantic":
-            options.update(num_classes=num_classes(config), class_weights=class_weights)
-        if name in ("segment_semantic", "normal", "depth_zbuffer"):
-            options["style"] = style
-        tasks[name] = build_task(name, **options)
+        wanted = task_options(name)
+        tasks[name] = build_task(name, **{key: value for key, value in available.items() if key in wanted})
     return tasks
 
 

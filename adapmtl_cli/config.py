@@ -25,7 +25,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 PRESET_DIR = Path(__file__).parent / "presets"
-TASK_NAMES = ("segment_semantic", "normal", "depth_zbuffer", "keypoints2d", "edge_texture")
 # The tasks of a data source that lacks some (absent: every task). Cityscapes, in the MTAN/LibMTL
 # layout, has semantic labels and (inverse) depth only.
 SOURCE_TASKS = {"cityscapes": ("segment_semantic", "depth_zbuffer")}
@@ -276,11 +275,14 @@ class Config(Section):
     @field_validator("tasks")
     @classmethod
     def _tasks_known_and_unique(cls, value: list[str]) -> list[str]:
+        from adapmtl_cli.tasks import task_names  # read now: a kind registered after import counts
+
         if not value:
             raise ValueError("the task list is empty: name at least one task")
+        known = task_names()
         for task in value:
-            if task not in TASK_NAMES:
-                raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASK_NAMES)}")
+            if task not in known:
+                raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(known)}")
         if len(set(value)) != len(value):
             raise ValueError("a task is listed twice")
         return value

@@ -223,18 +223,13 @@ def compare(files: list[Path], baseline: Path, **eval_options) -> dict:
 def metric_directions(task_names: list[str]) -> dict[str, dict[str, bool]]:
     """Whether each metric is better higher, for every metric style of each task, from the task
     registry (directions do not depend on class counts)."""
-    from adapmtl_cli.tasks import TASK_KINDS, build_task
+    from adapmtl_cli.tasks import metric_directions as directions_of, task_names as registered
 
     directions: dict[str, dict[str, bool]] = {}
     for name in task_names:
-        if name not in TASK_KINDS:
-            raise ConfigError(f"unknown task {name!r} in the metrics; valid tasks: {', '.join(TASK_KINDS)}")
-        styles = ("nyuv2", "taskonomy") if name in ("segment_semantic", "normal", "depth_zbuffer") else (None,)
-        for style in styles:
-            options = {} if style is None else {"style": style}
-            if name == "segment_semantic":
-                options["num_classes"] = 2
-            directions.setdefault(name, {}).update(build_task(name, **options).higher_is_better)
+        if name not in registered():
+            raise ConfigError(f"unknown task {name!r} in the metrics; valid tasks: {', '.join(registered())}")
+        directions[name] = directions_of(name)
     return directions
 
 
