@@ -168,7 +168,9 @@ def _evaluation_data_config(config: Config, data_root: str | None) -> tuple[Conf
         return config, f"data.factory = {config.data.factory!r}"
     if data_root is not None:
         config.data.root = data_root
-    if config.data.source != "synthetic" and not config.data.root:
+    from adapmtl_cli.data.sources import data_source
+
+    if data_source(config.data.source).needs_root and not config.data.root:
         from adapmtl_cli.builders import num_classes
 
         config.data.num_classes = num_classes(config)  # the model's classes, before the source changes
