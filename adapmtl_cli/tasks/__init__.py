@@ -86,7 +86,14 @@ def task_kind(name: str) -> type[Task]:
 
 def task_options(name: str) -> tuple[str, ...]:
     """The options a kind takes: its constructor's parameters."""
-    return tuple(p for p in inspect.signature(task_kind(name).__init__).parameters if p != "self")
+    return tuple(_parameters(task_kind(name)))
+
+
+def _parameters(kind: type[Task]) -> dict[str, inspect.Parameter]:
+    """The named parameters of the kind's constructor (none for a kind that defines none)."""
+    named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return {name: parameter for name, parameter in inspect.signature(kind.__init__).parameters.items()
+            if name != "self" and parameter.kind in named}
 
 
 def build_task(name: str, **options) -> Task:
@@ -99,15 +106,13 @@ def build_task(name: str, **options) -> Task:
 def _check_options(name: str, kind: type[Task], options: dict) -> None:
     from adapmtl_cli.tasks.base import MetricQuirks
 
-    parameters = inspect.signature(kind.__init__).parameters
-    accepted = [p for p in parameters if p != "self"]
-    unknown = sorted(set(options) - set(accepted))
+    parameters = _parameters(kind)
+    unknown = sorted(set(options) - set(parameters))
     if unknown:
         raise ConfigError(
-            f"task {name!r} has no option {unknown[0]!r}; its options: {', '.join(accepted)}"
+            f"task {name!r} has no option {unknown[0]!r}; its options: {', '.join(parameters)}"
         )
-    missing = [p for p, spec in parameters.items()
-               if p != "self" and spec.default is inspect.Parameter.empty and p not in options]
+    missing = [p for p, spec in parameters.items() if spec.default is inspect.Parameter.empty and p not in options]
     if missing:
         raise ConfigError(f"task {name!r} needs the option {missing[0]!r}")
     if "quirks" in options and not isinstance(options["quirks"], MetricQuirks):
