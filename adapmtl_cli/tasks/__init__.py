@@ -80,7 +80,10 @@ def task_kind(name: str) -> type[Task]:
         raise ConfigError(f"unknown task {name!r}; valid tasks: {', '.join(_KINDS)}")
     if isinstance(kind, str):
         module, _, attribute = kind.partition(":")
-        kind = _KINDS[name] = getattr(importlib.import_module(module), attribute)
+        kind = getattr(importlib.import_module(module), attribute)
+        if kind.name != name:
+            raise TypeError(f"{module}.{attribute} is registered as {name!r} but its name is {kind.name!r}")
+        _KINDS[name] = kind
     return kind
 
 
