@@ -549,7 +549,7 @@ def test_checkpoint_exports_and_inspect_count_linear_weights(trained, tmp_path):
     n = {key: raw.numel() for key, raw in raw_weights(model).items()}
     config = load_config("demo")
     path = tmp_path / "transformer.safetensors"
-    save_checkpoint(path, model, config_to_json(config), STEPS, model.sparsifier.stats().as_report())
+    save_checkpoint(path, model, config_to_json(config), STEPS, model.sparsifier.stats().as_report(), tasks=list(OUTPUTS))
 
     checkpoint = read_checkpoint(path)
     assert list(checkpoint.layers) == EXPECTED_LAYERS
