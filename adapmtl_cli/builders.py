@@ -6,43 +6,38 @@ from __future__ import annotations
 import torch
 
 from adapmtl_cli.config import Config
+from adapmtl_cli.data.sources import source_of
 from adapmtl_cli.errors import ConfigError
-
-# Classes and metric style of each data source. Synthetic and Cityscapes (7 or 19 classes, its
-# label_7/ or label_19/) take their class count from data.num_classes.
-SOURCE_CLASSES = {"nyuv2": 40, "nyuv2-mtan": 13, "taskonomy": 17}
-SOURCE_STYLE = {"taskonomy": "taskonomy"}
 
 
 def num_classes(config: Config) -> int:
-    if config.data.factory:
-        return config.data.num_classes
-    return SOURCE_CLASSES.get(config.data.source, config.data.num_classes)
+    """The segmentation classes of ``config``'s data source (``data/sources.py``)."""
+    return source_of(config).num_classes(config.data)
 
 
 def input_resolution(config: Config) -> int:
-    """The side of the square images the model sees: data.resolution for the synthetic scenes and
-    a data.factory's datasets, the training crop for the real datasets."""
-    return config.data.resolution if config.data.source == "synthetic" else config.data.crop
+    """The side of the square images the model sees, from the key its data source names:
+    data.resolution for the synthetic scenes and a data.factory's datasets, the training crop for
+    the on-disk datasets."""
+    return getattr(config.data, source_of(config).image_size)
 
 
 def build_tasks(config: Config, class_weights: torch.Tensor | None = None) -> dict:
-    from adapmtl_cli.tasks import MetricQuirks, build_task
+    """The tasks of ``config``, each kind given the options its constructor names
+    (``tasks.task_options``) out of: quirks, num_classes, class_weights and the source's style."""
+    from adapmtl_cli.tasks import MetricQuirks, build_task, task_options
 
     quirks = MetricQuirks(
         miou_tp_only=config.eval.miou_tp_only,
         batch_weighted_means=config.eval.batch_weighted_means,
         depth_unclamped=config.eval.depth_unclamped,
     )
-    style = SOURCE_STYLE.get(config.data.source, "nyuv2")
+    available = {"quirks": quirks, "num_classes": num_classes(config), "class_weights": class_weights,
+                 "style": source_of(config).style}
     tasks = {}
     for name in config.tasks:
-        options: dict = {"quirks": quirks}
-        if name == "segment_semantic":
-            options.update(num_classes=num_classes(config), class_weights=class_weights)
-        if name in ("segment_semantic", "normal", "depth_zbuffer"):
-            options["style"] = style
-        tasks[name] = build_task(name, **options)
+        wanted = task_options(name)
+        tasks[name] = build_task(name, **{key: value for key, value in available.items() if key in wanted})
     return tasks
 
 

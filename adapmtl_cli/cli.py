@@ -14,6 +14,7 @@ from typing import List, Optional
 import typer
 
 from adapmtl_cli import __version__
+from adapmtl_cli.engine.prune_methods import METHODS as PRUNE_METHODS, SCOPES as PRUNE_SCOPES, spoken_list
 
 app = typer.Typer(
     name="adapmtl",
@@ -139,8 +140,8 @@ def prune(
     checkpoint: Path = typer.Argument(..., help="The checkpoint to prune (its effective weights)."),
     ratio: float = typer.Option(..., "--ratio", help="Fraction of the currently non-zero conv and linear weights to remove, in (0, 1)."),
     out: Path = typer.Option(..., "--out", "-o", help="The pruned checkpoint (with masks) to write."),
-    method: str = typer.Option("magnitude", "--method", help="magnitude, snip, disparse or random."),
-    scope: str = typer.Option("global", "--scope", help="global, component or layer: where the ratio applies."),
+    method: str = typer.Option("magnitude", "--method", help=f"{spoken_list(PRUNE_METHODS)}."),
+    scope: str = typer.Option("global", "--scope", help=f"{spoken_list(PRUNE_SCOPES)}: where the ratio applies."),
     steps: int = typer.Option(1, "--steps", help="Prune and finetune in N stages (iterative pruning)."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Data for SNIP/DiSparse scores; synthetic without one."),
     batches: int = typer.Option(4, "--batches", min=1, help="Batches for SNIP/DiSparse saliency."),

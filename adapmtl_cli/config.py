@@ -25,12 +25,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 PRESET_DIR = Path(__file__).parent / "presets"
-TASK_NAMES = ("segment_semantic", "normal", "depth_zbuffer", "keypoints2d", "edge_texture")
-# The tasks of a data source that lacks some (absent: every task). Cityscapes, in the MTAN/LibMTL
-# layout, has semantic labels and (inverse) depth only.
-SOURCE_TASKS = {"cityscapes": ("segment_semantic", "depth_zbuffer")}
-# The label sets MTAN ships for Cityscapes, one folder each: label_7/, label_19/.
-CITYSCAPES_CLASSES = (7, 19)
 # The keys that name a user's factory: "package.module:function" or "path/to/file.py:function".
 FACTORY_KEYS = ("model.factory", "data.factory")
 _FACTORY_PATTERN = re.compile(r"^(?P<target>.+):(?P<function>[A-Za-z_]\w*(\.[A-Za-z_]\w*)*)$")
@@ -132,7 +126,8 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
-    source: Literal["synthetic", "nyuv2", "nyuv2-mtan", "taskonomy", "cityscapes"] = "synthetic"
+    # A name of the data-source registry (data/sources.py), read when the config is validated.
+    source: str = "synthetic"
     root: str = ""
     # Synthetic data only: items per split and square resolution.
     train_size: int = Field(2048, ge=1)
@@ -140,7 +135,7 @@ class DataConfig(Section):
     test_size: int = Field(256, ge=1)
     resolution: int = Field(64, ge=16, le=1024)
     # Classes of the synthetic scenes, or of Cityscapes: 7 or 19, which picks label_7/ or label_19/.
-    # The other sources have a fixed count (builders.SOURCE_CLASSES) and ignore it.
+    # The other sources have a fixed count (their entry in data/sources.py) and ignore it.
     num_classes: int = Field(6, ge=2, le=255)
     # Training crop for the real datasets (NYUv2 321, Taskonomy 224, Cityscapes 128).
     crop: int = Field(321, ge=16, le=2048)
@@ -153,6 +148,16 @@ class DataConfig(Section):
     # is then the size of the model's check forward and of the program export's example input.
     factory: str = ""
     factory_args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_registered(cls, value: Any) -> Any:
+        from adapmtl_cli.data.sources import source_names  # read now: a source registered after import counts
+
+        names = source_names()
+        if not isinstance(value, str) or value not in names:
+            raise ValueError(f"Input should be {_or_list([repr(name) for name in names])}")  # a Literal's wording
+        return value
 
     @field_validator("factory")
     @classmethod
@@ -276,11 +281,14 @@ class Config(Section):
     @field_validator("tasks")
     @classmethod
     def _tasks_known_and_unique(cls, value: list[str]) -> list[str]:
+        from adapmtl_cli.tasks import task_names  # read now: a kind registered after import counts
+
         if not value:
             raise ValueError("the task list is empty: name at least one task")
+        known = task_names()
         for task in value:
-            if task not in TASK_NAMES:
-                raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(TASK_NAMES)}")
+            if task not in known:
+                raise ValueError(f"unknown task {task!r}; valid tasks: {', '.join(known)}")
         if len(set(value)) != len(value):
             raise ValueError("a task is listed twice")
         return value
@@ -294,8 +302,12 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _source_has_the_tasks(self) -> Config:
+        from adapmtl_cli.data.sources import data_source
+
         source = self.data.source
-        available = SOURCE_TASKS.get(source)
+        entry = data_source(source)
+        # With data.factory (and data.source left alone) the factory's datasets bring the tasks.
+        available = None if self.data.factory and source == "synthetic" else entry.tasks
         lacking = [task for task in self.tasks if available is not None and task not in available]
         if lacking:
             raise ValueError(f"tasks lists {lacking[0]!r}, which data.source = {source!r} does not have; "
@@ -303,9 +315,9 @@ class Config(Section):
         if self.data.factory and source != "synthetic":
             raise ValueError(f"data.factory and data.source = {source!r} both say where the data comes from; "
                              "remove data.source (the factory's datasets are used)")
-        if source == "cityscapes" and self.data.num_classes not in CITYSCAPES_CLASSES:
-            raise ValueError(f"data.num_classes = {self.data.num_classes} with data.source = 'cityscapes': set 7 or 19 "
-                             "(it reads the labels from label_7/ or label_19/)")
+        if entry.class_choices and self.data.num_classes not in entry.class_choices:
+            raise ValueError(f"data.num_classes = {self.data.num_classes} with data.source = {source!r}: set "
+                             f"{_or_list([str(n) for n in entry.class_choices])} ({entry.class_choices_reason})")
         return self
 
 
@@ -468,6 +480,11 @@ def all_keys() -> list[str]:
 
     walk(Config, "")
     return keys
+
+
+def _or_list(words: list[str]) -> str:
+    """``a, b or c``."""
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
 
 
 def _closest(word: str, candidates) -> str:

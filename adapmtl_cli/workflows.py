@@ -168,7 +168,9 @@ def _evaluation_data_config(config: Config, data_root: str | None) -> tuple[Conf
         return config, f"data.factory = {config.data.factory!r}"
     if data_root is not None:
         config.data.root = data_root
-    if config.data.source != "synthetic" and not config.data.root:
+    from adapmtl_cli.data.sources import data_source
+
+    if data_source(config.data.source).needs_root and not config.data.root:
         from adapmtl_cli.builders import num_classes
 
         config.data.num_classes = num_classes(config)  # the model's classes, before the source changes
@@ -223,18 +225,13 @@ def compare(files: list[Path], baseline: Path, **eval_options) -> dict:
 def metric_directions(task_names: list[str]) -> dict[str, dict[str, bool]]:
     """Whether each metric is better higher, for every metric style of each task, from the task
     registry (directions do not depend on class counts)."""
-    from adapmtl_cli.tasks import TASK_KINDS, build_task
+    from adapmtl_cli.tasks import metric_directions as directions_of, task_names as registered
 
     directions: dict[str, dict[str, bool]] = {}
     for name in task_names:
-        if name not in TASK_KINDS:
-            raise ConfigError(f"unknown task {name!r} in the metrics; valid tasks: {', '.join(TASK_KINDS)}")
-        styles = ("nyuv2", "taskonomy") if name in ("segment_semantic", "normal", "depth_zbuffer") else (None,)
-        for style in styles:
-            options = {} if style is None else {"style": style}
-            if name == "segment_semantic":
-                options["num_classes"] = 2
-            directions.setdefault(name, {}).update(build_task(name, **options).higher_is_better)
+        if name not in registered():
+            raise ConfigError(f"unknown task {name!r} in the metrics; valid tasks: {', '.join(registered())}")
+        directions[name] = directions_of(name)
     return directions
 
 
@@ -295,10 +292,6 @@ def _fmt(value, signed: bool = False) -> str:
 
 # -- prune and finetune ---------------------------------------------------------------------
 
-PRUNE_METHODS = ("magnitude", "snip", "disparse", "random")
-PRUNE_SCOPES = ("global", "component", "layer")
-
-
 def dense_copy(path: Path):
     """A checkpoint's model as a dense (threshold-free) model holding its effective weights, with
     its masks, if any. Returns ``(model, dense_config, checkpoint)``."""
@@ -326,7 +319,7 @@ def prune(path: Path, ratio: float, out: Path, *, method: str = "magnitude", sco
     """
     import torch
 
-    from adapmtl_cli.engine.pruning import apply_masks, compute_masks
+    from adapmtl_cli.engine.pruning import METHODS, apply_masks, compute_masks
     from adapmtl_cli.io.checkpoint import save_checkpoint
 
     _check_prune_arguments(ratio, method, scope, out, force)
@@ -337,10 +330,11 @@ def prune(path: Path, ratio: float, out: Path, *, method: str = "magnitude", sco
         return _prune_tensors(folded, ratio, out, method=method, scope=scope)
     model, config, checkpoint = dense_copy(path)
     sample = None
-    if method in ("snip", "disparse"):
+    if METHODS[method].needs_data:
         sample = _scoring_batches(config, data_root, batches)
+    # match_overall: DiSparse removes the ratio of the whole model (only its function takes it).
     masks = compute_masks(model, method, ratio, scope, batches=sample, loss_fn=_loss_fn(config),
-                          generator=torch.Generator().manual_seed(config.seed), match_overall=method == "disparse")
+                          generator=torch.Generator().manual_seed(config.seed), match_overall=True)
     previous = getattr(model, "masks", {})
     masks = {key: mask & previous[key] if key in previous else mask for key, mask in masks.items()}
     apply_masks(model, masks)
@@ -361,18 +355,17 @@ def _prune_tensors(folded, ratio: float, out: Path, *, method: str, scope: str) 
 
     import adapmtl_cli
     from adapmtl_cli.counting import sparsity_report
-    from adapmtl_cli.engine.pruning import magnitude_masks, random_masks
+    from adapmtl_cli.engine.pruning import METHODS, weight_masks
+    from adapmtl_cli.engine.prune_methods import spoken_list
     from adapmtl_cli.io import checkpoint as ckpt
 
     state, layers, _, checkpoint = folded
-    if method not in ("magnitude", "random"):
+    if METHODS[method].needs_data:
         raise ConfigError(f"--method {method}: {checkpoint.path} was saved from Python without a config, so its model "
-                          "cannot be run for saliency; use magnitude or random, or save it with config= (model.factory)")
+                          f"cannot be run for saliency; use {spoken_list(m for m in METHODS if not METHODS[m].needs_data)}, "
+                          "or save it with config= (model.factory)")
     weights = {key: state[key] for key in layers}
-    if method == "magnitude":
-        masks = magnitude_masks(weights, layers, ratio, scope)
-    else:
-        masks = random_masks(weights, layers, ratio, scope, generator=torch.Generator().manual_seed(0))
+    masks = weight_masks(method, weights, layers, ratio, scope, generator=torch.Generator().manual_seed(0))
     previous = checkpoint.masks()
     masks = {key: mask & previous[key] if key in previous else mask for key, mask in masks.items()}
     tensors = dict(state)
@@ -397,10 +390,12 @@ def _prune_tensors(folded, ratio: float, out: Path, *, method: str, scope: str) 
 def _check_prune_arguments(ratio: float, method: str, scope: str, out: Path, force: bool) -> None:
     if not 0.0 < ratio < 1.0:
         raise ConfigError(f"--ratio {ratio}: must be in (0, 1), the fraction of the non-zero weights to remove")
-    if method not in PRUNE_METHODS:
-        raise ConfigError(f"--method {method!r}: choose one of {', '.join(PRUNE_METHODS)}")
-    if scope not in PRUNE_SCOPES:
-        raise ConfigError(f"--scope {scope!r}: choose one of {', '.join(PRUNE_SCOPES)}")
+    from adapmtl_cli.engine.prune_methods import METHODS, SCOPES
+
+    if method not in METHODS:
+        raise ConfigError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    if scope not in SCOPES:
+        raise ConfigError(f"--scope {scope!r}: choose one of {', '.join(SCOPES)}")
     if Path(out).exists() and not force:
         raise ConfigError(f"--out {out} exists; pass --force to overwrite it")
 

@@ -1,14 +1,20 @@
-"""Datasets: the built-in synthetic scenes, the paper's on-disk formats, and a user's from data.factory."""
+"""Datasets: the built-in synthetic scenes, the paper's on-disk formats, and a user's from data.factory.
+
+Each comes from a data source (``data/sources.py``); importing this package imports no torch.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch.utils.data import Dataset
-
-from adapmtl_cli.config import Config
 from adapmtl_cli.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import Dataset
+
+    from adapmtl_cli.config import Config
 
 
 @dataclass
@@ -20,26 +26,10 @@ class DataBundle:
 
 
 def build_datasets(config: Config) -> DataBundle:
-    if config.data.factory:
-        from adapmtl_cli.data.custom import build_factory_datasets
+    """The train / val / test splits of ``config``'s data source (``sources.source_of``)."""
+    from adapmtl_cli.data.sources import source_of
 
-        return build_factory_datasets(config)
-    source = config.data.source
-    if source == "synthetic":
-        return _synthetic(config)
-    if not config.data.root:
-        raise ConfigError(f"data.source = {source!r} needs data.root (or --data-root DIR) pointing at the dataset")
-    from adapmtl_cli.data.real import build_real_datasets
-
-    return build_real_datasets(config)
-
-
-def _synthetic(config: Config) -> DataBundle:
-    from adapmtl_cli.data.synthetic import SyntheticScenes
-
-    data = config.data
-
-    def split(name: str, size: int) -> SyntheticScenes:
-        return SyntheticScenes(config.tasks, size=size, resolution=data.resolution, num_classes=data.num_classes, seed=config.seed, split=name)
-
-    return DataBundle(train=split("train", data.train_size), val=split("val", data.val_size), test=split("test", data.test_size))
+    source = source_of(config)
+    if source.needs_root and not config.data.root:
+        raise ConfigError(f"data.source = {source.name!r} needs data.root (or --data-root DIR) pointing at the dataset")
+    return source.build_datasets(config)

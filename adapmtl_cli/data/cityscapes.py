@@ -16,11 +16,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from adapmtl_cli.config import SOURCE_TASKS
 from adapmtl_cli.data.base import PairedDataset, read_npy
+from adapmtl_cli.data.sources import data_source
 from adapmtl_cli.errors import ConfigError, DataError
 
-TASKS = SOURCE_TASKS["cityscapes"]
+TASKS = data_source("cityscapes").tasks
 LAYOUT = "<root>/{train,val}/{image,label_7 or label_19,depth}/<i>.npy"
 # Images are checked to lie in [0, 1] up to this much (rounding of a resize), which still tells bytes.
 IMAGE_SLACK = 0.05

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from adapmtl_cli.data.base import PairedDataset, npy_shape, png_size, read_npy, read_png, require_file
+from adapmtl_cli.data.sources import data_source
 from adapmtl_cli.errors import DataError
 
 BGR_MEAN = torch.tensor([104.00698793, 116.66876762, 122.67891434])
-NYU_CLASSES = 40
-MTAN_CLASSES = 13
+NYU_CLASSES = data_source("nyuv2").classes
+MTAN_CLASSES = data_source("nyuv2-mtan").classes
 
 
 class NYUv2AdaShare(PairedDataset):

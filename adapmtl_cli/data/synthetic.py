@@ -24,9 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from adapmtl_cli.data.sources import data_source
 from adapmtl_cli.errors import ConfigError
 
-SUPPORTED_TASKS = ("segment_semantic", "normal", "depth_zbuffer", "keypoints2d", "edge_texture")
+SUPPORTED_TASKS = data_source("synthetic").tasks
 FLOOR_Y = 1.0        # the floor plane y = 1 (y points down, the camera at the origin)
 WALL_Z = 9.0         # the back wall z = 9
 FOCAL = 1.1          # focal length in units of the image width
@@ -196,3 +197,15 @@ class SyntheticScenes(Dataset):
         if "edge_texture" in self.tasks:
             targets["edge_texture"] = self._edges(nearest, seg).unsqueeze(0)
         return image, targets
+
+
+def build_synthetic_datasets(config):
+    """The train / val / test scenes of ``config`` (``data.source = "synthetic"``)."""
+    from adapmtl_cli.data import DataBundle
+
+    data = config.data
+
+    def split(name: str, size: int) -> SyntheticScenes:
+        return SyntheticScenes(config.tasks, size=size, resolution=data.resolution, num_classes=data.num_classes, seed=config.seed, split=name)
+
+    return DataBundle(train=split("train", data.train_size), val=split("val", data.val_size), test=split("test", data.test_size))

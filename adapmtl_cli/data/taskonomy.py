@@ -22,10 +22,12 @@ import torch.nn.functional as F
 
 from adapmtl_cli.data.base import PairedDataset, png_size, read_npy, read_png, require_file
 from adapmtl_cli.data.nyuv2 import BGR_MEAN
+from adapmtl_cli.data.sources import data_source
 from adapmtl_cli.errors import DataError
 
-TASKONOMY_CLASSES = 17
-COLUMNS = ("img", "segment_semantic", "normal", "depth_zbuffer", "keypoints2d", "edge_texture")
+TASKONOMY_CLASSES = data_source("taskonomy").classes
+# Each entry of taskonomy.json: the image, then one file per task in the source's task order.
+COLUMNS = ("img", *data_source("taskonomy").tasks)
 CLIPS = {"keypoints2d": 0.005, "edge_texture": 0.08}
 NATIVE = 256
 

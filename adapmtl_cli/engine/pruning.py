@@ -30,15 +30,15 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterable, Mapping
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
-Scope = Literal["global", "component", "layer"]
+from adapmtl_cli.engine.prune_methods import METHODS, SCOPES
+from adapmtl_cli.keys import plain_key
+
+Scope = str  # a name of SCOPES
 Masks = dict[str, Tensor]
-SCOPES = ("global", "component", "layer")
-METHODS = ("magnitude", "snip", "disparse", "random")
 
 
 
@@ -389,18 +389,36 @@ def disparse_masks(model: nn.Module, batches: Iterable, loss_fn: Callable, ratio
 def compute_masks(model: nn.Module, method: str, ratio: float, scope: Scope = "global", *, batches: Iterable | None = None,
                   loss_fn: Callable | None = None, generator: torch.Generator | None = None,
                   effective: bool = False, match_overall: bool = False) -> Masks:
-    """One entry point for the workflows: ``method`` in magnitude | snip | disparse | random."""
-    if method == "magnitude":
-        return magnitude_masks(layer_weights(model, effective), layer_components(model), ratio, scope)
-    if method == "random":
-        return random_masks(layer_weights(model, effective), layer_components(model), ratio, scope, generator)
-    if method in ("snip", "disparse"):
+    """One entry point for the workflows: ``method`` is a name of ``METHODS``; ``generator`` and
+    ``match_overall`` reach the methods whose functions take them (random; DiSparse)."""
+    spec, function, options = _resolve(method, generator=generator, match_overall=match_overall)
+    if spec.needs_data:
         if batches is None or loss_fn is None:
             raise ValueError(f"{method} pruning needs batches and a loss_fn")
-        if method == "snip":
-            return snip_masks(model, batches, loss_fn, ratio, scope)
-        return disparse_masks(model, batches, loss_fn, ratio, scope, match_overall=match_overall)
-    raise ValueError(f"pruning method must be one of {', '.join(METHODS)}, got {method!r}")
+        return function(model, batches, loss_fn, ratio, scope, **options)
+    return function(layer_weights(model, effective), layer_components(model), ratio, scope, **options)
+
+
+def weight_masks(method: str, weights: Mapping[str, Tensor], components: Mapping[str, str], ratio: float,
+                 scope: Scope = "global", *, generator: torch.Generator | None = None) -> Masks:
+    """Masks of a method scored from the weights alone (``needs_data=False``) on bare tensors, with
+    no model (a checkpoint saved from Python without a config)."""
+    spec, function, options = _resolve(method, generator=generator)
+    if spec.needs_data:
+        raise ValueError(f"{method} pruning scores through the model's forward; it cannot work on bare weights")
+    return function(weights, components, ratio, scope, **options)
+
+
+def _resolve(method: str, **optional):
+    """The method's entry, its masks function, and those of ``optional`` its signature names."""
+    import inspect
+
+    spec = METHODS.get(method)
+    if spec is None:
+        raise ValueError(f"pruning method must be one of {', '.join(METHODS)}, got {method!r}")
+    function = globals()[spec.function]
+    parameters = inspect.signature(function).parameters
+    return spec, function, {name: value for name, value in optional.items() if name in parameters}
 
 
 # -- applying and keeping masks ------------------------------------------------------------------
@@ -466,10 +484,6 @@ def iterative_schedule(final_ratio: float, steps: int, total: int | None = None)
     return ratios
 
 
-def _plain_key(key: str) -> str:
-    return key.replace(".parametrizations.weight.original", ".weight")
-
-
 @torch.no_grad()
 def rewind(model: nn.Module, initial_state: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> None:
     """LTH rewind: every tensor of ``initial_state`` (plain keys, as ``plain_state_dict`` gives them:
@@ -480,7 +494,7 @@ def rewind(model: nn.Module, initial_state: Mapping[str, Tensor], masks: Mapping
     for key, value in model.state_dict(keep_vars=True).items():
         if key.startswith("sparsifier."):
             continue
-        targets[_plain_key(key)] = value
+        targets[plain_key(key)] = value
     missing = [k for k in initial_state if k not in targets]
     if missing:
         raise KeyError(f"initial state has {missing[0]!r}, which the model does not have")

@@ -20,6 +20,7 @@ from torch import Tensor
 import adapmtl_cli
 from adapmtl_cli.errors import CheckpointError
 from adapmtl_cli.io.formats import is_torch_save_file
+from adapmtl_cli.keys import plain_key
 from adapmtl_cli.report import jsonout
 
 FORMAT = "adapmtl.checkpoint"
@@ -232,7 +233,7 @@ def load_plain_weights(model: torch.nn.Module, state: dict[str, Tensor], source:
     """Load a state under plain keys (``conv.weight`` = the raw W) into a possibly parametrized
     model; thresholds are left as they are. Every key must match in name and shape."""
     target = model.state_dict()
-    key_map = {k.replace(".parametrizations.weight.original", ".weight"): k for k in target if not k.startswith("sparsifier.")}
+    key_map = {plain_key(k): k for k in target if not k.startswith("sparsifier.")}
     missing = sorted(set(key_map) - set(state))
     unexpected = sorted(set(state) - set(key_map))
     if missing or unexpected:

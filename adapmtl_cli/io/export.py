@@ -248,7 +248,9 @@ def sparse_export_bytes(state: dict[str, Tensor], layers: dict[str, str], metada
 
 
 def example_resolution(config) -> int:
-    return config.data.resolution if config.data.source == "synthetic" else config.data.crop
+    from adapmtl_cli.builders import input_resolution
+
+    return input_resolution(config)
 
 
 def dense_model(config, state: dict[str, Tensor]):

@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 # Label value the loaders use for "no label" in segmentation maps (REFERENCE.md 5).
 IGNORE_LABEL = 255
+# Metric styles: what a data source reports for the tasks whose metrics depend on it (``style``).
+STYLES = ("nyuv2", "taskonomy")
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,8 @@ class Task(ABC):
     out_channels: int
     higher_is_better: dict[str, bool]
     primary_metric: str
+    # A kind whose metrics depend on the ``style`` option: each style's ``higher_is_better``.
+    directions_by_style: dict[str, dict[str, bool]] = {}
 
     @abstractmethod
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -144,6 +148,17 @@ class Task(ABC):
     @property
     def metric_keys(self) -> tuple[str, ...]:
         return tuple(self.higher_is_better)
+
+    @classmethod
+    def metric_directions(cls) -> dict[str, bool]:
+        """Every metric key a task of this kind can report, whatever its options, with its
+        direction (comparing result files needs no task built with their options). The union of
+        ``directions_by_style``, or the class's own ``higher_is_better``; a kind that sets
+        ``higher_is_better`` in its constructor from something else overrides this."""
+        directions: dict[str, bool] = {}
+        for style_directions in cls.directions_by_style.values():
+            directions.update(style_directions)
+        return directions or dict(getattr(cls, "higher_is_better", {}))
 
     def render(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One sample's prediction ``[C, h, w]`` and target as RGB images ``[3, H, W]`` in [0, 1]

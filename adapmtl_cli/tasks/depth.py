@@ -16,6 +16,7 @@ import torch
 
 from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.tasks.base import (
+    STYLES,
     BatchWeightedMeans,
     Metric,
     MetricQuirks,
@@ -26,7 +27,6 @@ from adapmtl_cli.tasks.base import (
     safe_ratio,
 )
 
-STYLES = ("nyuv2", "taskonomy")
 DEPTH_MIN = 1e-6
 # delta_k: the % of valid pixels whose ratio max(p/g, g/p) is below 1.25 ** k.
 DELTA_THRESHOLDS = {"delta_1_25": 1.25, "delta_1_25_2": 1.25**2, "delta_1_25_3": 1.25**3}
@@ -43,16 +43,17 @@ class DepthTask(Task):
 
     name = "depth_zbuffer"
     out_channels = 1
+    directions_by_style = {
+        "nyuv2": {"abs_err": False, "rel_err": False, **{key: True for key in DELTA_THRESHOLDS}},
+        "taskonomy": {"abs_err": False},
+    }
 
     def __init__(self, style: str = "nyuv2", quirks: MetricQuirks = MetricQuirks()):
         if style not in STYLES:
             raise ConfigError(f"depth_zbuffer: unknown style {style!r}; valid styles: {', '.join(STYLES)}")
         self.style = style
         self.quirks = quirks
-        if style == "nyuv2":
-            self.higher_is_better = {"abs_err": False, "rel_err": False, **{key: True for key in DELTA_THRESHOLDS}}
-        else:
-            self.higher_is_better = {"abs_err": False}
+        self.higher_is_better = dict(self.directions_by_style[style])
         self.primary_metric = "abs_err"
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

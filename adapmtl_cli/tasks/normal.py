@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.tasks.base import (
+    STYLES,
     Metric,
     MetricQuirks,
     Task,
@@ -23,8 +24,6 @@ from adapmtl_cli.tasks.base import (
     resize_nearest,
     safe_ratio,
 )
-
-STYLES = ("nyuv2", "taskonomy")
 
 # Angle histogram for the median: 0.01 degree bins over [0, 180]. The median is reported as the
 # centre of the bin holding it (the mean of two bin centres for an even count), so it is within
@@ -59,19 +58,18 @@ class NormalTask(Task):
 
     name = "normal"
     out_channels = 3
+    directions_by_style = {
+        "nyuv2": {"angle_mean": False, "angle_median": False, **{key: True for key in ANGLE_THRESHOLDS}},
+        "taskonomy": {"cosine_similarity": True},
+    }
 
     def __init__(self, style: str = "nyuv2", quirks: MetricQuirks = MetricQuirks()):
         if style not in STYLES:
             raise ConfigError(f"normal: unknown style {style!r}; valid styles: {', '.join(STYLES)}")
         self.style = style
         self.quirks = quirks
-        if style == "nyuv2":
-            self.higher_is_better = {"angle_mean": False, "angle_median": False,
-                                     **{key: True for key in ANGLE_THRESHOLDS}}
-            self.primary_metric = "angle_mean"
-        else:
-            self.higher_is_better = {"cosine_similarity": True}
-            self.primary_metric = "cosine_similarity"
+        self.higher_is_better = dict(self.directions_by_style[style])
+        self.primary_metric = "angle_mean" if style == "nyuv2" else "cosine_similarity"
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         # 1 - cosine per pixel (not 1 - mean cosine) so that a batch with no valid pixel gives 0.

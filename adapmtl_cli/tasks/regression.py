@@ -22,6 +22,10 @@ class L1RegressionTask(Task):
         self.higher_is_better = {self.metric_key: False}
         self.primary_metric = self.metric_key
 
+    @classmethod
+    def metric_directions(cls) -> dict[str, bool]:
+        return {cls.metric_key: False}
+
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return masked_l1_loss(pred, target)
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.tasks.base import (
+    STYLES,
     BatchWeightedMeans,
     Metric,
     MetricQuirks,
@@ -22,7 +23,6 @@ from adapmtl_cli.tasks.base import (
     safe_ratio,
 )
 
-STYLES = ("nyuv2", "taskonomy")
 
 
 def labelled_pixels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -72,6 +72,7 @@ class SegmentationTask(Task):
     """
 
     name = "segment_semantic"
+    directions_by_style = {"nyuv2": {"miou": True, "pixel_acc": True}, "taskonomy": {"seg_err": False}}
 
     def __init__(self, num_classes: int, class_weights: torch.Tensor | None = None, style: str = "nyuv2",
                  quirks: MetricQuirks = MetricQuirks()):
@@ -85,12 +86,8 @@ class SegmentationTask(Task):
         self.class_weights = None if checked is None else ClassWeights(checked)
         self.style = style
         self.quirks = quirks
-        if style == "nyuv2":
-            self.higher_is_better = {"miou": True, "pixel_acc": True}
-            self.primary_metric = "miou"
-        else:
-            self.higher_is_better = {"seg_err": False}
-            self.primary_metric = "seg_err"
+        self.higher_is_better = dict(self.directions_by_style[style])
+        self.primary_metric = "miou" if style == "nyuv2" else "seg_err"
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         labels = resize_labels_nearest(target.long(), pred.shape[-2:])
