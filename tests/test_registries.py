@@ -159,7 +159,5 @@ def test_builders_and_workflows_name_no_task():
 
 
 def test_the_raw_weight_key_rewrite_is_written_once():
-    # plain_state_dict keeps its own copy in engine/sparsity.py until that module's split lands
-    # (on main: engine/sparsifier.py), where it switches to keys.plain_key.
     holders = {name for name, text in _sources("**/*.py").items() if '".parametrizations.weight.original"' in text}
-    assert holders <= {"keys.py", "engine/sparsity.py"}, holders
+    assert holders == {"keys.py"}, holders

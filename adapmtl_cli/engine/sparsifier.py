@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from adapmtl_cli.counting import sparsity_report, threshold_value
+from adapmtl_cli.keys import plain_key
 from adapmtl_cli.engine import shrink
 from adapmtl_cli.engine.shrink import SoftShrinkGroup, count_at_most, threshold_tensor
 
@@ -342,5 +343,5 @@ def plain_state_dict(model: nn.Module) -> dict[str, Tensor]:
     for key, value in model.state_dict().items():
         if key.startswith("sparsifier."):
             continue
-        state[key.replace(".parametrizations.weight.original", ".weight")] = value
+        state[plain_key(key)] = value
     return state

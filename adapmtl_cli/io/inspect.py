@@ -196,8 +196,6 @@ def _json(text: str | None, default):
 
 def _inspect_reference(path: Path) -> InspectReport:
     """A reference AdapMTL ``.model`` file, through the restricted importer."""
-    import torch
-
     from adapmtl_cli.io.reference import load_reference_checkpoint
 
     reference = load_reference_checkpoint(path)
