@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from adapmtl_cli import builders
 from adapmtl_cli.config import Config, config_to_json
+from adapmtl_cli.data.sources import source_of
 from adapmtl_cli.engine import distributed as dist_utils
 from adapmtl_cli.engine.evaluator import evaluate
 from adapmtl_cli.engine.sampling import ResumableBatchSampler
@@ -259,7 +260,7 @@ class TrainingRun:
                 from adapmtl_cli.report.pictures import picture_grid
 
                 grid = picture_grid(samples["image"], samples["targets"], samples["outputs"], trainer.tasks,
-                                    bgr=config.data.source != "synthetic")
+                                    bgr=source_of(config).bgr)
                 self.tb.image("Pictures/input_then_truth_and_prediction_per_task", grid, done)
             entry = {"step": done, "split": config.train.select_on, "losses": losses, **report, "metrics": metrics, "best": is_best}
             with open(self.files.metrics, "a", encoding="utf-8") as handle:

@@ -161,3 +161,12 @@ def test_builders_and_workflows_name_no_task():
 def test_the_raw_weight_key_rewrite_is_written_once():
     holders = {name for name, text in _sources("**/*.py").items() if '".parametrizations.weight.original"' in text}
     assert holders == {"keys.py"}, holders
+
+
+def test_sources_declare_the_channel_order_pictures_undo():
+    """REFERENCE.md 5: the AdaShare NYUv2 and Taskonomy images are fed in BGR order; MTAN's NYUv2
+    and Cityscapes arrays are RGB, like the synthetic scenes."""
+    from adapmtl_cli.data.sources import data_source
+
+    assert {name: data_source(name).bgr for name in ("synthetic", "nyuv2", "nyuv2-mtan", "taskonomy", "cityscapes")} == {
+        "synthetic": False, "nyuv2": True, "nyuv2-mtan": False, "taskonomy": True, "cityscapes": False}

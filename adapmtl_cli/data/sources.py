@@ -46,6 +46,8 @@ class DataSource:
     needs_root: bool = False
     # The data key that gives the side of the (square) images the model sees: "resolution" or "crop".
     image_size: str = "resolution"
+    # The images are in BGR channel order (the AdaShare formats): pictures flip them for display.
+    bgr: bool = False
 
     def num_classes(self, data) -> int:
         """The class count of this source under ``data`` (a config's ``data`` table)."""
@@ -63,7 +65,7 @@ _BUILTIN = {source.name: source for source in (
     DataSource("synthetic", build="adapmtl_cli.data.synthetic:build_synthetic_datasets",
                tasks=("segment_semantic", "normal", "depth_zbuffer", "keypoints2d", "edge_texture")),
     DataSource("nyuv2", build=_REAL, dataset="adapmtl_cli.data.nyuv2:NYUv2AdaShare", classes=40,
-               tasks=("segment_semantic", "normal", "depth_zbuffer"), needs_root=True, image_size="crop"),
+               tasks=("segment_semantic", "normal", "depth_zbuffer"), needs_root=True, image_size="crop", bgr=True),
     # The MTAN layouts have train/ and val/ only: val is the test split (as MTAN and LibMTL use it).
     DataSource("nyuv2-mtan", build=_REAL, dataset="adapmtl_cli.data.nyuv2:NYUv2MTAN", classes=13,
                tasks=("segment_semantic", "normal", "depth_zbuffer"), test_split="val", needs_root=True,
@@ -71,7 +73,7 @@ _BUILTIN = {source.name: source for source in (
     # The task order is the column order of taskonomy.json (after the image).
     DataSource("taskonomy", build=_REAL, dataset="adapmtl_cli.data.taskonomy:TaskonomyAdaShare", classes=17,
                style="taskonomy", tasks=("segment_semantic", "normal", "depth_zbuffer", "keypoints2d", "edge_texture"),
-               needs_root=True, image_size="crop"),
+               needs_root=True, image_size="crop", bgr=True),
     # Semantic labels and (inverse) depth only, in label_7/ or label_19/ (data.num_classes).
     DataSource("cityscapes", build=_REAL, dataset="adapmtl_cli.data.cityscapes:CityscapesMTAN",
                class_choices=(7, 19), class_choices_reason="it reads the labels from label_7/ or label_19/",
