@@ -91,7 +91,9 @@ def train(
     if _under_torchrun() and os.environ.get("RANK", "0") != "0":
         return  # rank 0 reports for everyone
     if not quiet:
-        _render_summary(summary, run_dir)
+        from adapmtl_cli.report.console import print_summary
+
+        print_summary(console, summary, run_dir)
     if as_json:
         _print_json(summary)
 
@@ -118,17 +120,6 @@ def _launch_torchrun(nproc, preset, overrides, data_root, out, resume, force, as
     args += ["--json"] * as_json + ["--quiet"] * quiet + list(overrides)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "adapmtl_cli", *args]
     return subprocess.call(command)
-
-
-def _render_summary(summary: dict, run_dir: Path) -> None:
-    from adapmtl_cli.report.console import metrics_table, sparsity_table
-
-    console = _console()
-    console.print(sparsity_table(summary, title=f"Sparsity at step {summary['step']}"))
-    console.print(metrics_table(summary["metrics"], title="Test metrics (final model)"))
-    for note in summary.get("notes", []):
-        console.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
-    console.print(f"run directory: [bold]{run_dir}[/]")
 
 
 # -- prune / finetune -----------------------------------------------------------------------
@@ -158,7 +149,12 @@ def prune(
         if overrides:
             raise _usage("key=value overrides configure the finetuning of --steps N > 1; none happens with one stage")
         report = workflows.prune(checkpoint, ratio, out, method=method, scope=scope, data_root=data_root, batches=batches, force=force)
-    _report_file(report, as_json)
+    if as_json:
+        _print_json(report)
+        return
+    from adapmtl_cli.report.console import print_file_report
+
+    print_file_report(_console(), report)
 
 
 @app.command()
@@ -182,18 +178,11 @@ def finetune(
     summary = workflows.finetune(checkpoint, run_dir, overrides=overrides or [], preset=preset, mode=mode, rewind=rewind,
                                  console=_console(), force=force, quiet=quiet)
     if not quiet:
-        _render_summary(summary, run_dir)
+        from adapmtl_cli.report.console import print_summary
+
+        print_summary(_console(), summary, run_dir)
     if as_json:
         _print_json(summary)
-
-
-def _report_file(report: dict, as_json: bool) -> None:
-    if as_json:
-        _print_json(report)
-        return
-    from adapmtl_cli.report.console import sparsity_table
-
-    _console().print(sparsity_table(report, params=report["params"], nonzeros=report["nonzeros"], title=f"{report['file']}"))
 
 
 # -- eval -----------------------------------------------------------------------------------
@@ -219,7 +208,9 @@ def eval_command(
     if as_json:
         _print_json(result)
     else:
-        _render_eval(result)
+        from adapmtl_cli.report.console import print_eval
+
+        print_eval(_console(), result)
     if fail_under is not None and not result["delta"]["delta_t"] >= fail_under:  # NaN (undefined) fails too
         from adapmtl_cli.report.jsonout import is_undefined
 
@@ -228,17 +219,6 @@ def eval_command(
             raise GateFailed(f"{checkpoint}: Delta_T is undefined (no metric is defined in both it and the baseline; "
                              f"see delta.skipped in --json), so it cannot pass --fail-under {fail_under:+.2f}")
         raise GateFailed(f"{checkpoint}: Delta_T {delta_t:+.2f} is below --fail-under {fail_under:+.2f}")
-
-
-def _render_eval(result: dict) -> None:
-    from adapmtl_cli.report.console import delta_table, metrics_table, sparsity_table
-
-    console = _console()
-    console.print(f"{result['file']} on the {result['split']} split of {result['data']}")
-    console.print(metrics_table(result["metrics"], title="Metrics"))
-    console.print(sparsity_table(result, title="Sparsity"))
-    if "delta" in result:
-        console.print(delta_table(result["delta"]))
 
 
 # -- compare --------------------------------------------------------------------------------
@@ -254,33 +234,17 @@ def compare(
 ) -> None:
     """Compare models in the layout of the paper's Table 2 (metrics, Delta per task, sparsity, Delta_T)."""
     from adapmtl_cli import workflows
+    from adapmtl_cli.report import tables
 
-    if output_format not in ("table", "markdown", "csv"):
+    if output_format not in tables.COMPARISON_FORMATS:
         raise _usage(f"--format {output_format!r}: choose table, markdown or csv")
     comparison = workflows.compare(files, baseline, data_root=data_root)
     if as_json:
         _print_json(comparison)
-        return
-    header, rows = workflows.comparison_columns(comparison)
-    if output_format == "markdown":
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        sys.stdout.write("\n".join(lines) + "\n")
-    elif output_format == "csv":
-        import csv
-
-        writer = csv.writer(sys.stdout)
-        writer.writerow(header)
-        writer.writerows(rows)
+    elif output_format == "table":
+        _console().print(tables.comparison_table(comparison))
     else:
-        from rich.table import Table
-
-        table = Table(title=f"Against {comparison['baseline']}", title_justify="left")
-        for column in header:
-            table.add_column(column, justify="left" if column == "model" else "right")
-        for row in rows:
-            table.add_row(*row)
-        _console().print(table)
+        sys.stdout.write(tables.comparison_text(comparison, output_format))
 
 
 # -- inspect --------------------------------------------------------------------------------
@@ -299,10 +263,9 @@ def inspect(
     if as_json:
         _print_json(report.as_dict(with_layers=layers))
         return
-    from adapmtl_cli.report.console import inspect_tables
+    from adapmtl_cli.report.console import print_inspect
 
-    for renderable in inspect_tables(report, with_layers=layers):
-        _console().print(renderable)
+    print_inspect(_console(), report, with_layers=layers)
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -319,23 +282,11 @@ def export(
 ) -> None:
     """Export a checkpoint with its thresholds folded in: dense weights, a compact sparse file, or a torch.export program."""
     from adapmtl_cli.io.export import export_checkpoint
-    from adapmtl_cli.report.console import human_size
 
     result = export_checkpoint(checkpoint, output_format, out, force=force, dtype=dtype)
-    from rich.markup import escape
+    from adapmtl_cli.report.console import print_export
 
-    console = _console()
-    what = output_format + (f", {result.values_dtype} values" if result.values_dtype else "")
-    lines = [
-        f"checkpoint {escape(str(result.checkpoint))}: {human_size(result.checkpoint_size)} ({result.checkpoint_size:,} bytes)",
-        f"export     {escape(str(result.out))} ({what}): {human_size(result.export_size)} ({result.export_size:,} bytes), "
-        f"{result.export_size / result.checkpoint_size:.3f}x the checkpoint",
-        f"sparsified weights: {result.nonzeros:,} non-zero of {result.weights:,} ({100 * (1 - result.nonzeros / max(result.weights, 1)):.2f}% sparse)",
-        *(escape(note) for note in result.notes),
-        "[dim]Unstructured sparsity saves storage and memory, not dense-kernel time: dense convs cost the same.[/]",
-    ]
-    for line in lines:
-        console.print(line, soft_wrap=True)
+    print_export(_console(), result, output_format)
     if as_json:
         _print_json(result.as_dict())
 
@@ -352,14 +303,9 @@ def presets_list(as_json: bool = typer.Option(False, "--json", help="Print a JSO
     if as_json:
         _print_json(descriptions)
         return
-    from rich.table import Table
+    from adapmtl_cli.report.console import presets_table
 
-    table = Table(title="Presets", title_justify="left")
-    table.add_column("name")
-    table.add_column("description")
-    for name, description in descriptions.items():
-        table.add_row(name, description)
-    _console().print(table)
+    _console().print(presets_table(descriptions))
 
 
 @presets_app.command("show")

@@ -256,43 +256,6 @@ def _result_of(path: Path, label: str = "", **eval_options) -> dict:
     return document
 
 
-def comparison_columns(comparison: dict) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the Table 2 layout, as strings (metrics in the units of the JSON)."""
-    rows = comparison["rows"]
-    metric_keys = [(task, key) for task, values in rows[0]["metrics"].items() for key in values]
-    components = list(rows[0]["sparsity"].get("components", {}))
-    tasks = list(rows[0]["metrics"])
-    header = (["model"] + [f"{task}/{key}" for task, key in metric_keys] + [f"Delta {task}" for task in tasks]
-              + [f"{c} %" for c in components] + ["overall %", "Delta_T", "Delta_p"])
-    body = []
-    for row in rows:
-        cells = [row["model"]]
-        cells += [_fmt_metric(row["metrics"].get(task, {}), key) for task, key in metric_keys]
-        # A task left out of per_task had no metric both sides define: its Delta is n/a.
-        cells += [_fmt(row["delta"]["per_task"].get(task), signed=True) for task in tasks]
-        components_of = row["sparsity"].get("components", {})
-        cells += [_fmt(100 * components_of[c]) if c in components_of else "-" for c in components]
-        overall = row["sparsity"].get("overall")
-        cells += ["-" if overall is None else _fmt(100 * overall), _fmt(row["delta"]["delta_t"], signed=True),
-                  _fmt(row["delta"]["delta_p"], signed=True)]
-        body.append(cells)
-    return header, body
-
-
-def _fmt_metric(values: dict, key: str) -> str:
-    """A metric cell: "-" when the model has no such metric, "n/a" when it is undefined (null)."""
-    return _fmt(values[key]) if key in values else "-"
-
-
-def _fmt(value, signed: bool = False) -> str:
-    """A number cell; "n/a" for an undefined one (None or not finite)."""
-    from adapmtl_cli.report.jsonout import UNDEFINED, is_undefined
-
-    if is_undefined(value):
-        return UNDEFINED
-    return f"{value:+.2f}" if signed else f"{value:.4g}" if abs(value) < 1 else f"{value:.2f}"
-
-
 # -- prune and finetune ---------------------------------------------------------------------
 
 PRUNE_METHODS = ("magnitude", "snip", "disparse", "random")
