@@ -72,7 +72,7 @@ def train(
     nproc: int = typer.Option(0, "--nproc", min=0, help="Launch N data-parallel processes with torchrun (gloo on CPU, NCCL on GPUs)."),
 ) -> None:
     """Train a sparse multitask model (AdapMTL) and write a run directory."""
-    from adapmtl_cli import workflows
+    from adapmtl_cli.workflows import train as workflow
 
     console = _console()
     if nproc > 1:
@@ -80,14 +80,14 @@ def train(
     if resume is not None:
         if overrides:
             raise _usage("--resume continues a run with its saved config.toml; overrides are not allowed")
-        summary = workflows.resume(resume, console=console, quiet=quiet)
+        summary = workflow.resume(resume, console=console, quiet=quiet)
         run_dir = resume
     else:
-        config = workflows.prepare_config(preset, overrides or [], data_root)
+        config = workflow.prepare_config(preset, overrides or [], data_root)
         if out is None and _under_torchrun():
             raise _usage("under torchrun every process must agree on the run directory: pass --out DIR")
-        run_dir = out or workflows.default_run_dir(config)
-        summary = workflows.train(config, run_dir, console=console, force=force, quiet=quiet)
+        run_dir = out or workflow.default_run_dir(config)
+        summary = workflow.train(config, run_dir, console=console, force=force, quiet=quiet)
     if _under_torchrun() and os.environ.get("RANK", "0") != "0":
         return  # rank 0 reports for everyone
     if not quiet:
@@ -106,14 +106,14 @@ def _launch_torchrun(nproc, preset, overrides, data_root, out, resume, force, as
     """Re-run this command under torchrun with ``nproc`` processes on this machine."""
     import subprocess
 
-    from adapmtl_cli import workflows
+    from adapmtl_cli.workflows.train import default_run_dir, prepare_config
 
     args = ["train"]
     if resume is not None:
         args += ["--resume", str(resume)]
     else:
-        config = workflows.prepare_config(preset, overrides, data_root)  # fail fast, before spawning
-        args += ["--preset", preset, "--out", str(out or workflows.default_run_dir(config))]
+        config = prepare_config(preset, overrides, data_root)  # fail fast, before spawning
+        args += ["--preset", preset, "--out", str(out or default_run_dir(config))]
         if data_root is not None:
             args += ["--data-root", data_root]
         args += ["--force"] * force
@@ -140,15 +140,15 @@ def prune(
     overrides: Optional[List[str]] = typer.Argument(None, help="With --steps: key=value overrides of the finetuning runs."),
 ) -> None:
     """Prune a checkpoint once (or in --steps stages with finetuning in between)."""
-    from adapmtl_cli import workflows
+    from adapmtl_cli.workflows import prune as workflow
 
     if steps > 1:
-        report = workflows.prune_iteratively(checkpoint, ratio, steps, out, overrides=overrides or [], method=method,
-                                             scope=scope, data_root=data_root, console=_console(), force=force, quiet=as_json)
+        report = workflow.prune_iteratively(checkpoint, ratio, steps, out, overrides=overrides or [], method=method,
+                                            scope=scope, data_root=data_root, console=_console(), force=force, quiet=as_json)
     else:
         if overrides:
             raise _usage("key=value overrides configure the finetuning of --steps N > 1; none happens with one stage")
-        report = workflows.prune(checkpoint, ratio, out, method=method, scope=scope, data_root=data_root, batches=batches, force=force)
+        report = workflow.prune(checkpoint, ratio, out, method=method, scope=scope, data_root=data_root, batches=batches, force=force)
     if as_json:
         _print_json(report)
         return
@@ -170,13 +170,11 @@ def finetune(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
 ) -> None:
     """Finetune a checkpoint: keep a pruned model's masks, or push a model to a higher sparsity."""
-    import time
+    from adapmtl_cli.workflows import finetune as workflow
 
-    from adapmtl_cli import workflows
-
-    run_dir = out or Path("runs") / f"{checkpoint.stem}-finetune" / time.strftime("%Y%m%d-%H%M%S")
-    summary = workflows.finetune(checkpoint, run_dir, overrides=overrides or [], preset=preset, mode=mode, rewind=rewind,
-                                 console=_console(), force=force, quiet=quiet)
+    run_dir = out or workflow.default_finetune_dir(checkpoint)
+    summary = workflow.finetune(checkpoint, run_dir, overrides=overrides or [], preset=preset, mode=mode, rewind=rewind,
+                                console=_console(), force=force, quiet=quiet)
     if not quiet:
         from adapmtl_cli.report.console import print_summary
 
@@ -199,12 +197,12 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Evaluate a checkpoint: every task's metrics, component sparsity, and Delta against a baseline."""
-    from adapmtl_cli import workflows
     from adapmtl_cli.errors import GateFailed
+    from adapmtl_cli.workflows import evaluate as workflow
 
     if fail_under is not None and baseline is None:
         raise _usage("--fail-under needs --baseline (Delta_T is measured against it)")
-    result = workflows.evaluate_checkpoint(checkpoint, data_root=data_root, split=split, baseline=baseline, device=device)
+    result = workflow.evaluate_checkpoint(checkpoint, data_root=data_root, split=split, baseline=baseline, device=device)
     if as_json:
         _print_json(result)
     else:
@@ -233,12 +231,12 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON on stdout."),
 ) -> None:
     """Compare models in the layout of the paper's Table 2 (metrics, Delta per task, sparsity, Delta_T)."""
-    from adapmtl_cli import workflows
     from adapmtl_cli.report import tables
+    from adapmtl_cli.workflows import compare as workflow
 
     if output_format not in tables.COMPARISON_FORMATS:
         raise _usage(f"--format {output_format!r}: choose table, markdown or csv")
-    comparison = workflows.compare(files, baseline, data_root=data_root)
+    comparison = workflow.compare(files, baseline, data_root=data_root)
     if as_json:
         _print_json(comparison)
     elif output_format == "table":
@@ -297,9 +295,9 @@ def export(
 @presets_app.command("list")
 def presets_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON object name -> description.")) -> None:
     """List the shipped presets."""
-    from adapmtl_cli import workflows
+    from adapmtl_cli.workflows import presets as workflow
 
-    descriptions = workflows.preset_descriptions()
+    descriptions = workflow.preset_descriptions()
     if as_json:
         _print_json(descriptions)
         return
@@ -311,9 +309,9 @@ def presets_list(as_json: bool = typer.Option(False, "--json", help="Print a JSO
 @presets_app.command("show")
 def presets_show(name: str = typer.Argument(..., help="Preset name or TOML file.")) -> None:
     """Print a preset's TOML on stdout."""
-    from adapmtl_cli import workflows
+    from adapmtl_cli.workflows import presets as workflow
 
-    sys.stdout.write(workflows.preset_text(name))
+    sys.stdout.write(workflow.preset_text(name))
 
 
 @presets_app.command("copy")
@@ -323,9 +321,9 @@ def presets_copy(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
     """Copy a preset to a file you can edit and pass back with --preset FILE."""
-    from adapmtl_cli import workflows
+    from adapmtl_cli.workflows import presets as workflow
 
-    path = workflows.copy_preset(name, destination, force)
+    path = workflow.copy_preset(name, destination, force)
     _console().print(f"wrote {path}")
 
 
@@ -335,9 +333,9 @@ def presets_validate(
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides to validate with it."),
 ) -> None:
     """Check a preset (and overrides) against the schema; exit 2 with the first error."""
-    from adapmtl_cli import workflows
+    from adapmtl_cli.workflows import presets as workflow
 
-    workflows.validate_preset(name, overrides or [])
+    workflow.validate_preset(name, overrides or [])
     _console().print(f"{name}: valid")
 
 
