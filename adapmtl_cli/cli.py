@@ -73,7 +73,7 @@ def train(
     nproc: int = typer.Option(0, "--nproc", min=0, help="Launch N data-parallel processes with torchrun (gloo on CPU, NCCL on GPUs)."),
 ) -> None:
     """Train a sparse multitask model (AdapMTL) and write a run directory."""
-    from adapmtl_cli import workflows
+    from adapmtl_cli.workflows import train as workflow
 
     console = _console()
     if nproc > 1:
@@ -81,18 +81,20 @@ def train(
     if resume is not None:
         if overrides:
             raise _usage("--resume continues a run with its saved config.toml; overrides are not allowed")
-        summary = workflows.resume(resume, console=console, quiet=quiet)
+        summary = workflow.resume(resume, console=console, quiet=quiet)
         run_dir = resume
     else:
-        config = workflows.prepare_config(preset, overrides or [], data_root)
+        config = workflow.prepare_config(preset, overrides or [], data_root)
         if out is None and _under_torchrun():
             raise _usage("under torchrun every process must agree on the run directory: pass --out DIR")
-        run_dir = out or workflows.default_run_dir(config)
-        summary = workflows.train(config, run_dir, console=console, force=force, quiet=quiet)
+        run_dir = out or workflow.default_run_dir(config)
+        summary = workflow.train(config, run_dir, console=console, force=force, quiet=quiet)
     if _under_torchrun() and os.environ.get("RANK", "0") != "0":
         return  # rank 0 reports for everyone
     if not quiet:
-        _render_summary(summary, run_dir)
+        from adapmtl_cli.report.console import print_summary
+
+        print_summary(console, summary, run_dir)
     if as_json:
         _print_json(summary)
 
@@ -105,31 +107,20 @@ def _launch_torchrun(nproc, preset, overrides, data_root, out, resume, force, as
     """Re-run this command under torchrun with ``nproc`` processes on this machine."""
     import subprocess
 
-    from adapmtl_cli import workflows
+    from adapmtl_cli.workflows.train import default_run_dir, prepare_config
 
     args = ["train"]
     if resume is not None:
         args += ["--resume", str(resume)]
     else:
-        config = workflows.prepare_config(preset, overrides, data_root)  # fail fast, before spawning
-        args += ["--preset", preset, "--out", str(out or workflows.default_run_dir(config))]
+        config = prepare_config(preset, overrides, data_root)  # fail fast, before spawning
+        args += ["--preset", preset, "--out", str(out or default_run_dir(config))]
         if data_root is not None:
             args += ["--data-root", data_root]
         args += ["--force"] * force
     args += ["--json"] * as_json + ["--quiet"] * quiet + list(overrides)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", "-m", "adapmtl_cli", *args]
     return subprocess.call(command)
-
-
-def _render_summary(summary: dict, run_dir: Path) -> None:
-    from adapmtl_cli.report.console import metrics_table, sparsity_table
-
-    console = _console()
-    console.print(sparsity_table(summary, title=f"Sparsity at step {summary['step']}"))
-    console.print(metrics_table(summary["metrics"], title="Test metrics (final model)"))
-    for note in summary.get("notes", []):
-        console.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
-    console.print(f"run directory: [bold]{run_dir}[/]")
 
 
 # -- prune / finetune -----------------------------------------------------------------------
@@ -150,16 +141,21 @@ def prune(
     overrides: Optional[List[str]] = typer.Argument(None, help="With --steps: key=value overrides of the finetuning runs."),
 ) -> None:
     """Prune a checkpoint once (or in --steps stages with finetuning in between)."""
-    from adapmtl_cli import workflows
+    from adapmtl_cli.workflows import prune as workflow
 
     if steps > 1:
-        report = workflows.prune_iteratively(checkpoint, ratio, steps, out, overrides=overrides or [], method=method,
-                                             scope=scope, data_root=data_root, console=_console(), force=force, quiet=as_json)
+        report = workflow.prune_iteratively(checkpoint, ratio, steps, out, overrides=overrides or [], method=method,
+                                            scope=scope, data_root=data_root, console=_console(), force=force, quiet=as_json)
     else:
         if overrides:
             raise _usage("key=value overrides configure the finetuning of --steps N > 1; none happens with one stage")
-        report = workflows.prune(checkpoint, ratio, out, method=method, scope=scope, data_root=data_root, batches=batches, force=force)
-    _report_file(report, as_json)
+        report = workflow.prune(checkpoint, ratio, out, method=method, scope=scope, data_root=data_root, batches=batches, force=force)
+    if as_json:
+        _print_json(report)
+        return
+    from adapmtl_cli.report.console import print_file_report
+
+    print_file_report(_console(), report)
 
 
 @app.command()
@@ -175,26 +171,17 @@ def finetune(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or tables."),
 ) -> None:
     """Finetune a checkpoint: keep a pruned model's masks, or push a model to a higher sparsity."""
-    import time
+    from adapmtl_cli.workflows import finetune as workflow
 
-    from adapmtl_cli import workflows
-
-    run_dir = out or Path("runs") / f"{checkpoint.stem}-finetune" / time.strftime("%Y%m%d-%H%M%S")
-    summary = workflows.finetune(checkpoint, run_dir, overrides=overrides or [], preset=preset, mode=mode, rewind=rewind,
-                                 console=_console(), force=force, quiet=quiet)
+    run_dir = out or workflow.default_finetune_dir(checkpoint)
+    summary = workflow.finetune(checkpoint, run_dir, overrides=overrides or [], preset=preset, mode=mode, rewind=rewind,
+                                console=_console(), force=force, quiet=quiet)
     if not quiet:
-        _render_summary(summary, run_dir)
+        from adapmtl_cli.report.console import print_summary
+
+        print_summary(_console(), summary, run_dir)
     if as_json:
         _print_json(summary)
-
-
-def _report_file(report: dict, as_json: bool) -> None:
-    if as_json:
-        _print_json(report)
-        return
-    from adapmtl_cli.report.console import sparsity_table
-
-    _console().print(sparsity_table(report, params=report["params"], nonzeros=report["nonzeros"], title=f"{report['file']}"))
 
 
 # -- eval -----------------------------------------------------------------------------------
@@ -211,16 +198,18 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Evaluate a checkpoint: every task's metrics, component sparsity, and Delta against a baseline."""
-    from adapmtl_cli import workflows
     from adapmtl_cli.errors import GateFailed
+    from adapmtl_cli.workflows import evaluate as workflow
 
     if fail_under is not None and baseline is None:
         raise _usage("--fail-under needs --baseline (Delta_T is measured against it)")
-    result = workflows.evaluate_checkpoint(checkpoint, data_root=data_root, split=split, baseline=baseline, device=device)
+    result = workflow.evaluate_checkpoint(checkpoint, data_root=data_root, split=split, baseline=baseline, device=device)
     if as_json:
         _print_json(result)
     else:
-        _render_eval(result)
+        from adapmtl_cli.report.console import print_eval
+
+        print_eval(_console(), result)
     if fail_under is not None and not result["delta"]["delta_t"] >= fail_under:  # NaN (undefined) fails too
         from adapmtl_cli.report.jsonout import is_undefined
 
@@ -229,17 +218,6 @@ def eval_command(
             raise GateFailed(f"{checkpoint}: Delta_T is undefined (no metric is defined in both it and the baseline; "
                              f"see delta.skipped in --json), so it cannot pass --fail-under {fail_under:+.2f}")
         raise GateFailed(f"{checkpoint}: Delta_T {delta_t:+.2f} is below --fail-under {fail_under:+.2f}")
-
-
-def _render_eval(result: dict) -> None:
-    from adapmtl_cli.report.console import delta_table, metrics_table, sparsity_table
-
-    console = _console()
-    console.print(f"{result['file']} on the {result['split']} split of {result['data']}")
-    console.print(metrics_table(result["metrics"], title="Metrics"))
-    console.print(sparsity_table(result, title="Sparsity"))
-    if "delta" in result:
-        console.print(delta_table(result["delta"]))
 
 
 # -- compare --------------------------------------------------------------------------------
@@ -254,34 +232,18 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON on stdout."),
 ) -> None:
     """Compare models in the layout of the paper's Table 2 (metrics, Delta per task, sparsity, Delta_T)."""
-    from adapmtl_cli import workflows
+    from adapmtl_cli.report import tables
+    from adapmtl_cli.workflows import compare as workflow
 
-    if output_format not in ("table", "markdown", "csv"):
+    if output_format not in tables.COMPARISON_FORMATS:
         raise _usage(f"--format {output_format!r}: choose table, markdown or csv")
-    comparison = workflows.compare(files, baseline, data_root=data_root)
+    comparison = workflow.compare(files, baseline, data_root=data_root)
     if as_json:
         _print_json(comparison)
-        return
-    header, rows = workflows.comparison_columns(comparison)
-    if output_format == "markdown":
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        sys.stdout.write("\n".join(lines) + "\n")
-    elif output_format == "csv":
-        import csv
-
-        writer = csv.writer(sys.stdout)
-        writer.writerow(header)
-        writer.writerows(rows)
+    elif output_format == "table":
+        _console().print(tables.comparison_table(comparison))
     else:
-        from rich.table import Table
-
-        table = Table(title=f"Against {comparison['baseline']}", title_justify="left")
-        for column in header:
-            table.add_column(column, justify="left" if column == "model" else "right")
-        for row in rows:
-            table.add_row(*row)
-        _console().print(table)
+        sys.stdout.write(tables.comparison_text(comparison, output_format))
 
 
 # -- inspect --------------------------------------------------------------------------------
@@ -300,10 +262,9 @@ def inspect(
     if as_json:
         _print_json(report.as_dict(with_layers=layers))
         return
-    from adapmtl_cli.report.console import inspect_tables
+    from adapmtl_cli.report.console import print_inspect
 
-    for renderable in inspect_tables(report, with_layers=layers):
-        _console().print(renderable)
+    print_inspect(_console(), report, with_layers=layers)
 
 
 # -- export ---------------------------------------------------------------------------------
@@ -320,23 +281,11 @@ def export(
 ) -> None:
     """Export a checkpoint with its thresholds folded in: dense weights, a compact sparse file, or a torch.export program."""
     from adapmtl_cli.io.export import export_checkpoint
-    from adapmtl_cli.report.console import human_size
 
     result = export_checkpoint(checkpoint, output_format, out, force=force, dtype=dtype)
-    from rich.markup import escape
+    from adapmtl_cli.report.console import print_export
 
-    console = _console()
-    what = output_format + (f", {result.values_dtype} values" if result.values_dtype else "")
-    lines = [
-        f"checkpoint {escape(str(result.checkpoint))}: {human_size(result.checkpoint_size)} ({result.checkpoint_size:,} bytes)",
-        f"export     {escape(str(result.out))} ({what}): {human_size(result.export_size)} ({result.export_size:,} bytes), "
-        f"{result.export_size / result.checkpoint_size:.3f}x the checkpoint",
-        f"sparsified weights: {result.nonzeros:,} non-zero of {result.weights:,} ({100 * (1 - result.nonzeros / max(result.weights, 1)):.2f}% sparse)",
-        *(escape(note) for note in result.notes),
-        "[dim]Unstructured sparsity saves storage and memory, not dense-kernel time: dense convs cost the same.[/]",
-    ]
-    for line in lines:
-        console.print(line, soft_wrap=True)
+    print_export(_console(), result, output_format)
     if as_json:
         _print_json(result.as_dict())
 
@@ -347,28 +296,23 @@ def export(
 @presets_app.command("list")
 def presets_list(as_json: bool = typer.Option(False, "--json", help="Print a JSON object name -> description.")) -> None:
     """List the shipped presets."""
-    from adapmtl_cli import workflows
+    from adapmtl_cli.workflows import presets as workflow
 
-    descriptions = workflows.preset_descriptions()
+    descriptions = workflow.preset_descriptions()
     if as_json:
         _print_json(descriptions)
         return
-    from rich.table import Table
+    from adapmtl_cli.report.console import presets_table
 
-    table = Table(title="Presets", title_justify="left")
-    table.add_column("name")
-    table.add_column("description")
-    for name, description in descriptions.items():
-        table.add_row(name, description)
-    _console().print(table)
+    _console().print(presets_table(descriptions))
 
 
 @presets_app.command("show")
 def presets_show(name: str = typer.Argument(..., help="Preset name or TOML file.")) -> None:
     """Print a preset's TOML on stdout."""
-    from adapmtl_cli import workflows
+    from adapmtl_cli.workflows import presets as workflow
 
-    sys.stdout.write(workflows.preset_text(name))
+    sys.stdout.write(workflow.preset_text(name))
 
 
 @presets_app.command("copy")
@@ -378,9 +322,9 @@ def presets_copy(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
 ) -> None:
     """Copy a preset to a file you can edit and pass back with --preset FILE."""
-    from adapmtl_cli import workflows
+    from adapmtl_cli.workflows import presets as workflow
 
-    path = workflows.copy_preset(name, destination, force)
+    path = workflow.copy_preset(name, destination, force)
     _console().print(f"wrote {path}")
 
 
@@ -390,9 +334,9 @@ def presets_validate(
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides to validate with it."),
 ) -> None:
     """Check a preset (and overrides) against the schema; exit 2 with the first error."""
-    from adapmtl_cli import workflows
+    from adapmtl_cli.workflows import presets as workflow
 
-    workflows.validate_preset(name, overrides or [])
+    workflow.validate_preset(name, overrides or [])
     _console().print(f"{name}: valid")
 
 

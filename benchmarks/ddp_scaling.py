@@ -41,14 +41,14 @@ def adapmtl(*args: str) -> float:
 
 def resume_overhead(tmp: Path, steps: int) -> tuple[float, float, float]:
     """Seconds of a straight run, of the same run stopped at half, and of its resumption."""
-    from adapmtl_cli import workflows
     from adapmtl_cli.config import load_config
     from adapmtl_cli.errors import Interrupted
     from adapmtl_cli.run import TrainingRun
+    from adapmtl_cli.workflows.train import resume, train
 
     config = load_config("demo", [o for o in COMMON if "=" in o] + [f"train.steps={steps}", f"train.val_every={steps}"])
     start = time.perf_counter()
-    workflows.train(config, tmp / "straight", quiet=True)
+    train(config, tmp / "straight", quiet=True)
     straight = time.perf_counter() - start
 
     original = TrainingRun.on_step_end
@@ -61,14 +61,14 @@ def resume_overhead(tmp: Path, steps: int) -> tuple[float, float, float]:
     TrainingRun.on_step_end = stop_at_half
     start = time.perf_counter()
     try:
-        workflows.train(config, tmp / "split", quiet=True)
+        train(config, tmp / "split", quiet=True)
     except Interrupted:
         pass
     finally:
         TrainingRun.on_step_end = original
     interrupted = time.perf_counter() - start
     start = time.perf_counter()
-    workflows.resume(tmp / "split", quiet=True)
+    resume(tmp / "split", quiet=True)
     return straight, interrupted, time.perf_counter() - start
 
 

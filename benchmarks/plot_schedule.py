@@ -15,8 +15,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from adapmtl_cli import workflows
 from adapmtl_cli.config import load_config
+from adapmtl_cli.workflows.train import train
 
 WIDTH, HEIGHT, MARGIN = 720, 400, 60
 COLOURS = {"planned (schedule)": (120, 120, 120), "actual (schedule)": (31, 119, 180), "actual (freeze, reference defaults)": (214, 39, 40)}
@@ -67,8 +67,8 @@ def main() -> None:
         schedule = Path(tmp) / "schedule"
         freeze = Path(tmp) / "freeze"
         config = load_config("demo", common)
-        workflows.train(config, schedule, quiet=True)
-        workflows.train(load_config("demo", common + ["sparsity.control='freeze'", "sparsity.init=-15", "optim.lr=1e-3"]), freeze, quiet=True)
+        train(config, schedule, quiet=True)
+        train(load_config("demo", common + ["sparsity.control='freeze'", "sparsity.init=-15", "optim.lr=1e-3"]), freeze, quiet=True)
         curves = {
             "planned (schedule)": scalars(schedule, "sparsity/planned"),
             "actual (schedule)": scalars(schedule, "sparsity/overall_sparsity"),

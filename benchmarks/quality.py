@@ -119,7 +119,7 @@ def pooled_baseline(seed_dirs: list[Path], out: Path) -> Path:
 def analyse(root: Path) -> list[str]:
     """Table 2 of seed 0, then over seeds: Delta_T against each seed's own dense model and against
     the pooled dense model, the paired gap to AdapMTL with its standard error, and the mean rank."""
-    from adapmtl_cli import workflows
+    from adapmtl_cli.workflows.compare import compare
 
     seed_dirs = sorted(d for d in root.glob("seed*") if (d / "dense.json").exists())
     pooled = pooled_baseline(seed_dirs, root / "dense-pooled.json")
@@ -130,7 +130,7 @@ def analyse(root: Path) -> list[str]:
     table: list[str] = []
     for index, seed_dir in enumerate(seed_dirs):
         files = [p for p in sorted(seed_dir.glob("*.json")) if p.stem != "dense"]
-        comparison = workflows.compare(files, seed_dir / "dense.json")
+        comparison = compare(files, seed_dir / "dense.json")
         if index == 0:  # the table exactly as users get it
             table = subprocess.run([sys.executable, "-m", "adapmtl_cli", "compare", *map(str, files), "--baseline",
                                     str(seed_dir / "dense.json"), "--format", "markdown"],
@@ -141,7 +141,7 @@ def analyse(root: Path) -> list[str]:
             for task, value in row["delta"]["per_task"].items():
                 per_task.setdefault(task, {}).setdefault(name, []).append(value)
             sparsity.setdefault(name, []).append(row["sparsity"])
-        for row in workflows.compare(files, pooled)["rows"][1:]:
+        for row in compare(files, pooled)["rows"][1:]:
             against_pooled.setdefault(Path(row["file"]).stem, []).append(row["delta"]["delta_t"])
     n = len(seed_dirs)
     methods = [m for m in own if m != "dense-half-steps"]

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from adapmtl_cli import workflows
 from adapmtl_cli.config import load_config
+from adapmtl_cli.workflows.evaluate import metric_directions
+from adapmtl_cli.workflows.train import train
 from steptime import report
 
 TARGETS = (0.5, 0.8, 0.9, 0.95, 0.98)
@@ -37,7 +38,7 @@ REFERENCE_FREEZE = ["sparsity.control='freeze'", "sparsity.init=-15", "optim.wei
 def run(overrides: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         config = load_config("demo", overrides)
-        return workflows.train(config, Path(tmp) / "run", quiet=True)
+        return train(config, Path(tmp) / "run", quiet=True)
 
 
 def landing_table(steps: int) -> list[str]:
@@ -58,7 +59,7 @@ def landing_table(steps: int) -> list[str]:
 def delta_t(metrics: dict, baseline: dict) -> float:
     from adapmtl_cli.tasks.scores import delta_scores
 
-    return delta_scores(metrics, baseline, workflows.metric_directions(list(metrics))).delta_t
+    return delta_scores(metrics, baseline, metric_directions(list(metrics))).delta_t
 
 
 def quality_table(steps: int, seeds: int) -> list[str]:

@@ -101,12 +101,12 @@ def trivial_baselines(train: SyntheticScenes, test: SyntheticScenes) -> dict:
 
 
 def test_a_briefly_trained_dense_model_clearly_beats_trivial_predictors(tmp_path):
-    from adapmtl_cli import workflows
+    from adapmtl_cli.workflows.train import train
 
     overrides = ["sparsity.enabled=false", "train.steps=150", "train.val_every=150", "train.batch_size=16",
                  "data.resolution=32", "data.train_size=512", "data.test_size=64", "model.width=16"]
     config = load_config("demo", overrides)
-    summary = workflows.train(config, tmp_path / "run", quiet=True)
+    summary = train(config, tmp_path / "run", quiet=True)
     metrics = summary["metrics"]
     data = config.data
     trivial = trivial_baselines(SyntheticScenes(config.tasks, 128, data.resolution, data.num_classes, config.seed, "train"),

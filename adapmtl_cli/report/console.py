@@ -1,9 +1,12 @@
-"""Rich console output: progress on stderr, summary tables. Human output never goes to stdout, so
-``--json`` output can be piped."""
+"""Rich console output: progress on stderr, summary tables, and what each command prints for
+humans (``print_*``). Human output never goes to stdout, so ``--json`` output can be piped."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -138,3 +141,57 @@ def delta_table(delta: dict) -> Table:
 def _signed(value: float | None) -> str:
     """A Delta in percent with its sign; "n/a" when undefined (no metric could be compared)."""
     return UNDEFINED if is_undefined(value) else f"{value:+.2f}"
+
+
+def presets_table(descriptions: dict[str, str]) -> Table:
+    """``adapmtl presets list``: each preset's name and description."""
+    table = Table(title="Presets", title_justify="left")
+    table.add_column("name")
+    table.add_column("description")
+    for name, description in descriptions.items():
+        table.add_row(name, description)
+    return table
+
+
+def print_summary(console: Console, summary: dict, run_dir: Path) -> None:
+    """A finished run (``train``, ``finetune``): sparsity, test metrics, notes, the run directory."""
+    console.print(sparsity_table(summary, title=f"Sparsity at step {summary['step']}"))
+    console.print(metrics_table(summary["metrics"], title="Test metrics (final model)"))
+    for note in summary.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}", markup=True, highlight=False)
+    console.print(f"run directory: [bold]{run_dir}[/]")
+
+
+def print_eval(console: Console, result: dict) -> None:
+    """``adapmtl eval``: what was evaluated on which data, metrics, sparsity, Delta if any."""
+    console.print(f"{result['file']} on the {result['split']} split of {result['data']}")
+    console.print(metrics_table(result["metrics"], title="Metrics"))
+    console.print(sparsity_table(result, title="Sparsity"))
+    if "delta" in result:
+        console.print(delta_table(result["delta"]))
+
+
+def print_file_report(console: Console, report: dict) -> None:
+    """A written checkpoint's inspect report (``prune``): per-component weights and non-zeros."""
+    console.print(sparsity_table(report, params=report["params"], nonzeros=report["nonzeros"], title=f"{report['file']}"))
+
+
+def print_export(console: Console, result, output_format: str) -> None:
+    """``adapmtl export``: the sizes of the checkpoint and the export, the non-zeros, the notes."""
+    what = output_format + (f", {result.values_dtype} values" if result.values_dtype else "")
+    lines = [
+        f"checkpoint {escape(str(result.checkpoint))}: {human_size(result.checkpoint_size)} ({result.checkpoint_size:,} bytes)",
+        f"export     {escape(str(result.out))} ({what}): {human_size(result.export_size)} ({result.export_size:,} bytes), "
+        f"{result.export_size / result.checkpoint_size:.3f}x the checkpoint",
+        f"sparsified weights: {result.nonzeros:,} non-zero of {result.weights:,} ({100 * (1 - result.nonzeros / max(result.weights, 1)):.2f}% sparse)",
+        *(escape(note) for note in result.notes),
+        "[dim]Unstructured sparsity saves storage and memory, not dense-kernel time: dense convs cost the same.[/]",
+    ]
+    for line in lines:
+        console.print(line, soft_wrap=True)
+
+
+def print_inspect(console: Console, report, with_layers: bool = False) -> None:
+    """``adapmtl inspect``: the header, the component table, optional layers, notes."""
+    for renderable in inspect_tables(report, with_layers=with_layers):
+        console.print(renderable)
