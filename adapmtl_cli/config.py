@@ -13,9 +13,9 @@ import re
 import sys
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from adapmtl_cli.errors import ConfigError
 
@@ -81,6 +81,12 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# "package.module:function" or "file.py:function" (model.factory, data.factory) and its keyword
+# arguments, checked by one rule wherever they appear.
+FactorySpec = Annotated[str, AfterValidator(lambda value: _check_factory(value))]
+FactoryArgs = Annotated[dict[str, Any], AfterValidator(lambda value: _check_factory_args(value))]
+
+
 class ModelConfig(Section):
     backbone: Literal["demo", "resnet34", "mobilenetv2"] = "demo"
     head: Literal["demo", "aspp"] = "demo"
@@ -93,22 +99,12 @@ class ModelConfig(Section):
     # "path/to/file.py:function" (relative to the preset's folder). The function gets
     # {task: output channels} and model.factory_args as keyword arguments, and returns an
     # nn.Module whose forward returns {task: [B, C, h, w]}. backbone/head/width/... are then unused.
-    factory: str = ""
-    factory_args: dict[str, Any] = Field(default_factory=dict)
+    factory: FactorySpec = ""
+    factory_args: FactoryArgs = Field(default_factory=dict)
     # Component name -> dotted submodule path ("" = the whole model); each component gets its
     # own threshold, a submodule in none stays dense. Empty: "backbone" and "head.<task>" of a
     # model with a `backbone` and `heads.<task>` submodules (the built-in networks).
     components: dict[str, str] = Field(default_factory=dict)
-
-    @field_validator("factory")
-    @classmethod
-    def _factory_form(cls, value: str) -> str:
-        return _check_factory(value)
-
-    @field_validator("factory_args")
-    @classmethod
-    def _factory_args_json(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _check_factory_args(value)
 
     @field_validator("components")
     @classmethod
@@ -146,8 +142,8 @@ class DataConfig(Section):
     # "path/to/file.py:function", called with the list of tasks and data.factory_args as keyword
     # arguments; returns {"train": ds, "val": ds, "test": ds} or (train, val, test). data.resolution
     # is then the size of the model's check forward and of the program export's example input.
-    factory: str = ""
-    factory_args: dict[str, Any] = Field(default_factory=dict)
+    factory: FactorySpec = ""
+    factory_args: FactoryArgs = Field(default_factory=dict)
 
     @field_validator("source", mode="before")
     @classmethod
@@ -158,16 +154,6 @@ class DataConfig(Section):
         if not isinstance(value, str) or value not in names:
             raise ValueError(f"Input should be {_or_list([repr(name) for name in names])}")  # a Literal's wording
         return value
-
-    @field_validator("factory")
-    @classmethod
-    def _factory_form(cls, value: str) -> str:
-        return _check_factory(value)
-
-    @field_validator("factory_args")
-    @classmethod
-    def _factory_args_json(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _check_factory_args(value)
 
 
 class TrainConfig(Section):
