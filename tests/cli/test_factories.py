@@ -26,7 +26,7 @@ from adapmtl_cli.config import config_to_toml, load_config, tomllib, validate_co
 from adapmtl_cli.data import build_datasets
 from adapmtl_cli.errors import ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "custom-model.toml"
 HELPERS = Path(factory_helpers.__file__).resolve()
 TINY = ["data.resolution=16", "data.train_size=4", "data.val_size=2", "data.test_size=2", "train.batch_size=2",
@@ -44,12 +44,7 @@ def data_helper(function: str) -> str:
     return f"data.factory={HELPERS}:{function}"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny runs (conftest.py)
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

@@ -11,7 +11,7 @@ from torch import nn
 from adapmtl_cli import AdaptiveWeighting, FreezeController, ScheduleController, Sparsifier
 from adapmtl_cli.engine.trainer import Trainer, TrainingDiverged
 
-ENGINE = Path(__file__).resolve().parents[1] / "adapmtl_cli" / "engine"
+ENGINE = Path(__file__).resolve().parents[2] / "adapmtl_cli" / "engine"
 
 
 class L1Task:

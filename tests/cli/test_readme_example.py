@@ -13,7 +13,7 @@ from safetensors import safe_open
 import adapmtl_cli
 from adapmtl_cli.cli import main
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def readme_example() -> str:

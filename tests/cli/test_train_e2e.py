@@ -10,17 +10,12 @@ from safetensors import safe_open
 from adapmtl_cli.cli import main
 from adapmtl_cli.config import load_config
 
-FAST = ["train.steps=40", "train.val_every=20", "train.batch_size=8", "data.resolution=32", "data.train_size=64",
-        "data.val_size=16", "data.test_size=16", "model.width=8", "train.layer_log_every=20",
-        "sparsity.target=0.3", "sparsity.init=-4", "optim.lr=5e-3", "weighting.begin=10", "weighting.window=5"]
+from conftest import TINY_RUN as FAST
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    code = main(["train", "--preset", "demo", "--out", str(out), "--quiet", "--force", *FAST])
-    assert code == 0
-    return out
+@pytest.fixture
+def demo_run(trained_run):
+    return trained_run
 
 
 def test_run_directory_holds_every_file(demo_run):

@@ -12,7 +12,7 @@ import typer.main
 
 from adapmtl_cli.cli import app
 
-PACKAGE = Path(__file__).resolve().parents[1] / "adapmtl_cli"
+PACKAGE = Path(__file__).resolve().parents[2] / "adapmtl_cli"
 WORKFLOWS = PACKAGE / "workflows"
 
 # The module that does a command's work where it is not adapmtl_cli.workflows.<command>.

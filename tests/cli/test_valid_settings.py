@@ -69,16 +69,7 @@ settings_space = st.fixed_dictionaries({
 })
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two OpenMP threads on a 16-pixel model spend their time waiting for each other (0.4 against
-    up to 4 s a run when the machine is busy)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny runs (conftest.py)
 
 
 def overrides_of(values: dict) -> list[str]:

@@ -13,7 +13,7 @@ from safetensors import safe_open
 
 from adapmtl_cli.cli import main
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def test_own_loop_example_lands_on_its_target(tmp_path, capsys):

@@ -5,7 +5,7 @@ controller it has."""
 import ast
 from pathlib import Path
 
-ENGINE = Path(__file__).resolve().parents[1] / "adapmtl_cli" / "engine"
+ENGINE = Path(__file__).resolve().parents[2] / "adapmtl_cli" / "engine"
 CONTROLLER_HOOKS = {"wants_check", "observe", "after_backward", "after_step", "outcome_note"}
 
 

@@ -17,7 +17,7 @@ from adapmtl_cli.errors import ConfigError
 from adapmtl_cli.tasks import register_task, task_kind, task_names, unregister_task
 from adapmtl_cli.tasks.base import Metric, Task, resize_nearest, safe_ratio
 
-PACKAGE = Path(__file__).resolve().parents[1] / "adapmtl_cli"
+PACKAGE = Path(__file__).resolve().parents[2] / "adapmtl_cli"
 
 
 # -- a task kind of our own: its loss and one metric ---------------------------------------------
