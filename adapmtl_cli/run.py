@@ -172,7 +172,11 @@ class TrainingRun:
         """The trainer's callback: progress, logs, validation, state, interruption."""
         config = self.config
         if self._progress is not None:
-            self._progress.update(self._bar, completed=done, loss=record["total"], sparsity=trainer.controller.last_overall)
+            # The last step's bar shows the final count, the one the summary reports (the last
+            # observation came before the controller's final rescaling).
+            final = done == config.train.steps and trainer.sparsifier.enabled
+            sparsity = float(trainer.sparsifier.overall_sparsity()) if final else trainer.controller.last_overall
+            self._progress.update(self._bar, completed=done, loss=record["total"], sparsity=sparsity)
         self._log_step(done, record)
         if done % config.train.val_every == 0 or done == config.train.steps:
             self._validate(done)
