@@ -135,7 +135,7 @@ def build_controller(config: Config, sparsifier):
         return ScheduleController(sparsifier, sparsity.target, config.train.steps, sparsity.schedule_start,
                                   sparsity.schedule_end, sparsity.schedule_every, seed=config.seed,
                                   report_every=config.train.log_every)
-    return FreezeController(sparsifier, sparsity.target, sparsity.check_every, sparsity.freeze_only)
+    return FreezeController(sparsifier, sparsity.target, sparsity.check_every, sparsity.freeze_only, counts_itself=False)
 
 
 def loader_workers(config: Config) -> int:

@@ -30,6 +30,37 @@ TINY_RUN = ["train.steps=40", "train.val_every=20", "train.batch_size=8", "data.
             "sparsity.target=0.3", "sparsity.init=-4", "optim.lr=5e-3", "weighting.begin=10", "weighting.window=5"]
 
 
+def rule_threshold(s: float):
+    """The documented counting rule, written independently of the package: t = sigmoid(s) in
+    float64, rounded to float32 (0 far below the float32 range)."""
+    import math
+
+    import numpy as np
+
+    return np.float32(1.0 / (1.0 + math.exp(-float(s)))) if s > -200 else np.float32(0.0)
+
+
+def recount_zeros(checkpoint) -> tuple[int, int]:
+    """Zeros and weights of a checkpoint's sparsified layers, from the file with numpy alone:
+    |W| <= t for a thresholded layer, W == 0 for a plain one."""
+    import json
+
+    import numpy as np
+    from safetensors import safe_open
+
+    zeros = total = 0
+    with safe_open(str(checkpoint), framework="np") as handle:
+        for key, info in json.loads(handle.metadata()["layers"]).items():
+            weight = handle.get_tensor(key)
+            if info["threshold"] is None:
+                zeros += int(np.count_nonzero(weight == 0))
+            else:
+                t = rule_threshold(float(handle.get_tensor("threshold." + info["threshold"])))
+                zeros += int(np.count_nonzero(np.abs(weight) <= t))
+            total += weight.size
+    return zeros, total
+
+
 def example_budget(ci_examples: int) -> int:
     """A property test's number of examples: its fixed CI budget, ten times that in "long"."""
     return ci_examples if settings.default.derandomize else 10 * ci_examples

@@ -60,7 +60,8 @@ class Trainer:
     ``priorities`` (one per task, default 1) multiply the weighting's weights. ``ddp_model`` is the
     module the forward goes through (a DistributedDataParallel wrapper of ``model``), ``model``
     itself by default. ``controller`` is any ``SparsityController`` (engine/controllers/base.py);
-    the trainer never asks which.
+    the trainer never asks which, and hands it the counts it asks for (a ``FreezeController``
+    here takes ``counts_itself=False``).
     """
 
     def __init__(self, model: nn.Module, tasks: dict, optimizer: torch.optim.Optimizer, scheduler, weighting, controller,

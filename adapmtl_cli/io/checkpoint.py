@@ -136,15 +136,21 @@ def checkpoint_tensors(model: torch.nn.Module) -> dict[str, Tensor]:
 
 def checkpoint_metadata(model: torch.nn.Module, config_json: str, step: int, report: dict, kind: str = FORMAT,
                         tasks: list[str] | None = None) -> dict[str, str]:
-    sparsifier = model.sparsifier
-    layers = {layer.key: {"component": layer.component, "threshold": layer.threshold} for layer in sparsifier.layers}
+    layers = {layer.key: {"component": layer.component, "threshold": layer.threshold} for layer in model.sparsifier.layers}
+    tasks = list(tasks) if tasks is not None else recorded_tasks(model, config_json)
+    return metadata_of(layers, config_json, step, tasks, report, kind)
+
+
+def metadata_of(layers: dict[str, dict], config_json: str, step: int, tasks: list[str], report: dict,
+                kind: str = FORMAT) -> dict[str, str]:
+    """A checkpoint's metadata from its parts (docs/internals.md, "Checkpoints")."""
     return {
         "format": kind,
         "format_version": FORMAT_VERSION,
         "adapmtl_version": adapmtl_cli.__version__,
         "config": config_json,
         "step": str(step),
-        "tasks": json.dumps(list(tasks) if tasks is not None else recorded_tasks(model, config_json)),
+        "tasks": json.dumps(list(tasks)),
         "layers": json.dumps(layers),
         "sparsity": jsonout.dumps(report.get("sparsity", {})),
         "thresholds": jsonout.dumps(report.get("thresholds", {})),

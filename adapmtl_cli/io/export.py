@@ -107,7 +107,7 @@ def effective_model(path: Path | str):
     from adapmtl_cli.engine.sparsifier import effective_state_dict
     from adapmtl_cli.io.checkpoint import load_model_from_checkpoint
 
-    folded = _fold_without_model(path)
+    folded = fold_without_model(path)
     if folded is not None:
         return folded
     model, config, checkpoint = load_model_from_checkpoint(path)
@@ -117,7 +117,7 @@ def effective_model(path: Path | str):
     return state, layers, config, checkpoint
 
 
-def _fold_without_model(path: Path | str):
+def fold_without_model(path: Path | str):
     """A checkpoint saved from Python without a config (adapmtl_cli.save_checkpoint): no model
     can be rebuilt, so the thresholds are folded into the stored tensors directly, by the rule
     of adapmtl_cli.counting (W_eff = W - clamp(W, -t, t), what the model computes). None for any

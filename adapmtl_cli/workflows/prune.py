@@ -42,9 +42,9 @@ def prune(path: Path, ratio: float, out: Path, *, method: str = "magnitude", sco
     from adapmtl_cli.io.checkpoint import save_checkpoint
 
     _check_prune_arguments(ratio, method, scope, out, force)
-    from adapmtl_cli.io.export import _fold_without_model
+    from adapmtl_cli.io.export import fold_without_model
 
-    folded = _fold_without_model(path)
+    folded = fold_without_model(path)
     if folded is not None:  # saved from Python without a config: no model to rebuild
         return _prune_tensors(folded, ratio, out, method=method, scope=scope)
     model, config, checkpoint = dense_copy(path)
@@ -72,7 +72,6 @@ def _prune_tensors(folded, ratio: float, out: Path, *, method: str, scope: str) 
 
     import torch
 
-    import adapmtl_cli
     from adapmtl_cli.counting import sparsity_report
     from adapmtl_cli.engine.pruning import METHODS, weight_masks
     from adapmtl_cli.engine.prune_methods import spoken_list
@@ -95,12 +94,10 @@ def _prune_tensors(folded, ratio: float, out: Path, *, method: str, scope: str) 
             tensors[ckpt.MASK_PREFIX + key] = masks[key].to(torch.uint8)
         zeros[component] = zeros.get(component, 0) + int((tensors[key] == 0).sum())
         params[component] = params.get(component, 0) + tensors[key].numel()
-    metadata = {"format": ckpt.FORMAT, "format_version": ckpt.FORMAT_VERSION, "adapmtl_version": adapmtl_cli.__version__,
-                "config": "", "step": str(checkpoint.step), "tasks": json.dumps(checkpoint.tasks),
-                "layers": json.dumps({key: {"component": component, "threshold": None} for key, component in layers.items()}),
-                "sparsity": json.dumps(sparsity_report(zeros, params)), "thresholds": "{}",
-                "metrics": checkpoint.metadata.get("metrics", "{}")}
-    ckpt.save_tensors(out, tensors, metadata)
+    report = {"sparsity": sparsity_report(zeros, params), "thresholds": {},
+              "metrics": json.loads(checkpoint.metadata.get("metrics") or "{}")}
+    plain_layers = {key: {"component": component, "threshold": None} for key, component in layers.items()}
+    ckpt.save_tensors(out, tensors, ckpt.metadata_of(plain_layers, "", checkpoint.step, checkpoint.tasks, report))
     from adapmtl_cli.io.inspect import inspect_file
 
     return inspect_file(out).as_dict()

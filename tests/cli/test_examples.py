@@ -7,11 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from safetensors import safe_open
 
 from adapmtl_cli.cli import main
+from conftest import recount_zeros
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -23,14 +22,7 @@ def test_own_loop_example_lands_on_its_target(tmp_path, capsys):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("overall  80.00%"), done.stdout[:200]
     checkpoint = tmp_path / "own-loop.safetensors"
-    # Recount from the file: |W| <= sigmoid(s) (float64, rounded to float32) per sparsified layer.
-    zeros = total = 0
-    with safe_open(str(checkpoint), framework="np") as handle:
-        for key, info in json.loads(handle.metadata()["layers"]).items():
-            weight = handle.get_tensor(key)
-            s = float(handle.get_tensor("threshold." + info["threshold"]))
-            zeros += int(np.count_nonzero(np.abs(weight) <= np.float32(1 / (1 + np.exp(-s)))))
-            total += weight.size
+    zeros, total = recount_zeros(checkpoint)
     assert zeros / total == pytest.approx(0.8, abs=2 / total)
     assert main(["inspect", str(checkpoint), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)

@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from safetensors import safe_open
@@ -22,6 +21,7 @@ from torch.nn.utils import parametrize
 import factory_helpers
 from adapmtl_cli.builders import build_model, build_model_and_tasks, build_tasks
 from adapmtl_cli.cli import main
+from conftest import recount_zeros
 from adapmtl_cli.config import config_to_toml, load_config, tomllib, validate_config
 from adapmtl_cli.data import build_datasets
 from adapmtl_cli.errors import ConfigError
@@ -59,22 +59,6 @@ def train_fails(capsys, tmp_path, *overrides) -> tuple[int, str]:
     assert len(lines) == 1, err
     assert "Traceback" not in err
     return code, lines[0]
-
-
-def recount(path: Path) -> tuple[int, int]:
-    """Zeros and weights of a checkpoint's sparsified convs, from the file with numpy: a weight
-    is zero when |W| <= sigmoid(s) rounded to float32 (exact zeros for a layer without threshold)."""
-    zeros = total = 0
-    with safe_open(str(path), framework="np") as handle:
-        for key, info in json.loads(handle.metadata()["layers"]).items():
-            weight = handle.get_tensor(key)
-            if info["threshold"] is None:
-                zeros += int(np.count_nonzero(weight == 0))
-            else:
-                s = float(handle.get_tensor("threshold." + info["threshold"]))
-                zeros += int(np.count_nonzero(np.abs(weight) <= np.float32(1.0 / (1.0 + math.exp(-s)))))
-            total += weight.size
-    return zeros, total
 
 
 # -- the worked example ----------------------------------------------------------------------
@@ -116,7 +100,7 @@ def test_every_command_works_on_the_example_checkpoint(example_run, tmp_path, ca
     code, out, _ = run(capsys, "inspect", str(checkpoint), "--json")
     assert code == 0
     report = json.loads(out)
-    zeros, total = recount(checkpoint)
+    zeros, total = recount_zeros(checkpoint)
     assert sum(report["sparsity"]["zeros"].values()) == zeros
     assert sum(report["sparsity"]["params"].values()) == total
     assert report["tasks"] == ["segment_semantic", "normal", "depth_zbuffer"]
@@ -159,7 +143,7 @@ def test_every_command_works_on_the_example_checkpoint(example_run, tmp_path, ca
     alive_before = total - dense_zeros
     alive_after = sum(pruned["nonzeros"].values())
     assert abs(alive_after - alive_before / 2) <= 1  # half of the non-zero weights removed
-    assert recount(tmp_path / "pruned.safetensors") == (total - alive_after, total)
+    assert recount_zeros(tmp_path / "pruned.safetensors") == (total - alive_after, total)
 
 
 # -- model.factory: arguments, components -------------------------------------------------------

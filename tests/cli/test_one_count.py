@@ -3,10 +3,10 @@ sparse exports, reference .model), eval, TensorBoard and the dense export's actu
 same integer number of zero conv weights for the same model (issue 15)."""
 
 import json
-import math
 import pickle
 
 import numpy as np
+from conftest import rule_threshold
 import pytest
 import torch
 from safetensors import safe_open
@@ -17,11 +17,6 @@ from adapmtl_cli.io.checkpoint import save_checkpoint
 from adapmtl_cli.builders import build_model
 
 OUT_CHANNELS = {"segment_semantic": 6, "normal": 3, "depth_zbuffer": 1}
-
-
-def rule_threshold(s: float) -> np.float32:
-    """The documented rule, written independently: sigmoid of s in float64, rounded to float32."""
-    return np.float32(1.0 / (1.0 + math.exp(-float(s)))) if s > -200 else np.float32(0.0)
 
 
 def run_json(capsys, *args) -> dict:

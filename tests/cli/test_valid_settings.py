@@ -11,12 +11,10 @@ naming the field) or 4 (divergence), never an internal error or a traceback; and
 import json
 import math
 
-import numpy as np
 import pytest
-from conftest import example_budget
+from conftest import example_budget, recount_zeros
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from safetensors import safe_open
 
 from adapmtl_cli.cli import main
 
@@ -24,29 +22,8 @@ TINY = ["model.width=4", "data.resolution=16", "data.train_size=8", "data.val_si
         "train.batch_size=2", "train.val_every=3", "train.log_every=1", "train.layer_log_every=2"]
 
 
-def rule_threshold(s: float) -> np.float32:
-    """sigmoid(s) in float64 rounded to float32, written independently of the package."""
-    return np.float32(1.0 / (1.0 + math.exp(-s))) if s > -200 else np.float32(0.0)
-
-
 def refuse_non_finite(constant: str):
     raise ValueError(f"{constant} in JSON output")
-
-
-def recount(checkpoint) -> tuple[int, int]:
-    """Zeros and weights of the checkpoint's sparsified conv weights: |W| <= t, numpy only."""
-    zeros = total = 0
-    with safe_open(str(checkpoint), framework="np") as handle:
-        layers = json.loads(handle.metadata()["layers"])
-        for key, info in layers.items():
-            weight = handle.get_tensor(key)
-            if info["threshold"] is None:
-                zeros += int(np.count_nonzero(weight == 0))
-            else:
-                t = rule_threshold(float(handle.get_tensor("threshold." + info["threshold"])))
-                zeros += int(np.count_nonzero(np.abs(weight) <= t))
-            total += weight.size
-    return zeros, total
 
 
 log_uniform = lambda low, high: st.floats(math.log10(low), math.log10(high)).map(lambda e: 10.0 ** e)  # noqa: E731
@@ -106,7 +83,7 @@ def test_every_valid_setting_trains_or_stops_cleanly(tmp_path_factory, capsys, v
         return
     summary = json.loads((out / "summary.json").read_text(), parse_constant=refuse_non_finite)
     assert all(math.isfinite(t) and 0.0 <= t <= 1.0 for t in summary["thresholds"].values())
-    zeros, total = recount(out / "model.safetensors")
+    zeros, total = recount_zeros(out / "model.safetensors")
     assert sum(summary["sparsity"]["zeros"].values()) == zeros
     assert summary["sparsity"]["overall"] == zeros / total
     if values["sparsity.control"] == "schedule" and values["sparsity.init"] <= 10.0 and code == 0:

@@ -133,7 +133,7 @@ def _step(model, optimizer, controller):
 
 def test_stop_rule_freezes_thresholds_without_update_or_decay_and_keeps_moments():
     model, sparsifier, optimizer = _adam_setup()
-    controller = FreezeController(sparsifier, target=0.9)
+    controller = FreezeController(sparsifier, target=0.9, counts_itself=False)  # the trainer's way: observe
     s = sparsifier.thresholds[0]
     controller.observe(0.5)  # below target: thresholds move
     _step(model, optimizer, controller)
@@ -159,13 +159,35 @@ def test_stop_rule_freezes_thresholds_without_update_or_decay_and_keeps_moments(
 def test_stop_rule_can_freeze_only_named_thresholds():
     model = TwoComponentNet()
     model.sparsifier = Sparsifier(model, model.components(), init=-3.0)
-    controller = FreezeController(model.sparsifier, target=0.5, freeze_only=["head.a"])
+    controller = FreezeController(model.sparsifier, target=0.5, freeze_only=["head.a"], counts_itself=False)
     out = model(torch.randn(1, 1, 2, 2))
     sum(v.sum() for v in out.values()).backward()
     controller.observe(0.6)
     controller.after_backward()
     grads = [p.grad for p in model.sparsifier.thresholds]
     assert grads[1] is None and grads[0] is not None and grads[2] is not None
+
+
+def test_the_stop_rule_counts_for_a_loop_of_ones_own_on_its_check_steps(monkeypatch):
+    """A user's loop calls only after_backward/after_step: the controller counts the sparsity
+    itself on the steps wants_check picks; the trainer's controller (counts_itself=False) never
+    does, so a resumed run counts exactly where an uninterrupted one does."""
+    model, sparsifier, optimizer = _adam_setup()
+    counted = []
+    monkeypatch.setattr(type(sparsifier), "overall_sparsity", lambda self: counted.append(1) or torch.tensor(0.95))
+    controller = FreezeController(sparsifier, target=0.9, check_every=2)
+    s = sparsifier.thresholds[0]
+    for step in range(4):
+        before = s.item()
+        _step(model, optimizer, controller)
+        controller.after_step(step + 1)
+        assert s.item() == before  # 0.95 >= 0.9 from the first count on: frozen
+    assert len(counted) == 2  # steps 0 and 2
+    trainers = FreezeController(sparsifier, target=0.9, check_every=2, counts_itself=False)
+    for step in range(4):
+        trainers.after_backward()
+        trainers.after_step(step + 1)
+    assert len(counted) == 2
 
 
 def test_dense_models_are_counted_without_thresholds():

@@ -18,15 +18,19 @@ class FreezeController:
     so every rank takes the same decision.
     """
 
-    def __init__(self, sparsifier, target: float, check_every: int = 1, freeze_only: list[str] | None = None):
+    def __init__(self, sparsifier, target: float, check_every: int = 1, freeze_only: list[str] | None = None,
+                 counts_itself: bool = True):
         self.sparsifier = sparsifier
         self.target = target
         self.check_every = check_every
         self.frozen = False
         self.last_overall = 0.0
         self._params = sparsifier.thresholds_of(freeze_only or [])
-        self._step = 0  # steps completed (after_step), so a loop that never observes still checks on time
-        self._observed = False
+        # A user's loop gets the sparsity counted in after_backward, on the steps wants_check
+        # picks (after_step keeps the step); the trainer hands the counts in through observe
+        # (packed into its one host copy), so builders pass counts_itself=False.
+        self.counts_itself = counts_itself
+        self._step = 0
 
     def wants_check(self, step: int) -> bool:
         return self.sparsifier.enabled and step % self.check_every == 0
@@ -34,13 +38,10 @@ class FreezeController:
     def observe(self, overall: float) -> None:
         self.last_overall = overall
         self.frozen = overall >= self.target
-        self._observed = True
 
     def after_backward(self) -> None:
-        # A loop that did not observe this step's sparsity (a user's own) gets it counted here.
-        if not self._observed and self.wants_check(self._step):
+        if self.counts_itself and self.wants_check(self._step):
             self.observe(float(self.sparsifier.overall_sparsity()))
-        self._observed = False
         if self.frozen:
             for param in self._params:
                 param.grad = None
