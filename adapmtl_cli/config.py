@@ -133,6 +133,15 @@ class DataConfig(Section):
     # Classes of the synthetic scenes, or of Cityscapes: 7 or 19, which picks label_7/ or label_19/.
     # The other sources have a fixed count (their entry in data/sources.py) and ignore it.
     num_classes: int = Field(6, ge=2, le=255)
+    # Synthetic data only: "demo" (fast, near-saturated scenes) or "bench" (curved and slanted
+    # surfaces, class-blind textures, shading and noise: the quality benchmark's scenes).
+    scenes: Literal["demo", "bench"] = "demo"
+    # Synthetic data only: the scenes' seed; unset = the run's seed. Fix it to train several seeds
+    # on the same data (seed then changes only the initialisation and the batch order).
+    seed: int | None = Field(None, ge=0)
+    # Synthetic data only: a folder that keeps each generated split (safetensors), so that the runs
+    # of a sweep generate their scenes once. Items read back are bit-identical to generated ones.
+    cache_dir: str = ""
     # Training crop for the real datasets (NYUv2 321, Taskonomy 224, Cityscapes 128).
     crop: int = Field(321, ge=16, le=2048)
     # Standard mode selects the best model on this fraction of train, carved with the seed.

@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import hashlib
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from adapmtl_cli.data.scene_cache import source_digest
 from adapmtl_cli.data.sources import data_source
 from adapmtl_cli.errors import ConfigError
 
+SOURCE_DIGEST = source_digest(__file__)  # names the cached splits (data/scene_cache.py)
 SUPPORTED_TASKS = data_source("synthetic").tasks
 FLOOR_Y = 1.0        # the floor plane y = 1 (y points down, the camera at the origin)
 WALL_Z = 9.0         # the back wall z = 9
@@ -138,7 +141,10 @@ class SyntheticScenes(Dataset):
         normals = torch.stack(candidates_n).gather(0, nearest[None, ..., None].expand(1, h, w, 3))[0]
         depth = t * rays[..., 2]
         seg = torch.tensor(labels)[nearest]
-        return objects, nearest, depth, normals, seg, torch.stack(tints)[nearest]
+        points = rays * (depth / rays[..., 2]).unsqueeze(-1)
+        # What the image needs besides the generator: _image(g, *look).
+        look = (depth, normals, seg, torch.stack(tints)[nearest], points)
+        return objects, nearest, depth, normals, seg, look
 
     def _image(self, g, depth, normals, seg, tint, points) -> torch.Tensor:
         light = F.normalize(torch.tensor([float(torch.rand(1, generator=g)) - 0.5, -1.0, -0.6 - float(torch.rand(1, generator=g))]), dim=0)
@@ -182,9 +188,8 @@ class SyntheticScenes(Dataset):
             raise IndexError(key)
         index = key % self.size  # a sampler's key is epoch * size + index (engine/sampling.py)
         g = torch.Generator().manual_seed(_item_seed(self.seed, self.split, index))
-        objects, nearest, depth, normals, seg, tint = self._render(g)
-        points = self.rays * (depth / self.rays[..., 2]).unsqueeze(-1)
-        image = self._image(g, depth, normals, seg, tint, points)
+        objects, nearest, depth, normals, seg, look = self._render(g)
+        image = self._image(g, *look)
         targets = {}
         if "segment_semantic" in self.tasks:
             targets["segment_semantic"] = seg.long()
@@ -204,8 +209,18 @@ def build_synthetic_datasets(config):
     from adapmtl_cli.data import DataBundle
 
     data = config.data
+    if data.scenes == "bench":
+        from adapmtl_cli.data.bench_scenes import BenchScenes as scenes_class
+    else:
+        scenes_class = SyntheticScenes
+    seed = config.seed if data.seed is None else data.seed
 
-    def split(name: str, size: int) -> SyntheticScenes:
-        return SyntheticScenes(config.tasks, size=size, resolution=data.resolution, num_classes=data.num_classes, seed=config.seed, split=name)
+    def split(name: str, size: int) -> Dataset:
+        scenes = scenes_class(config.tasks, size=size, resolution=data.resolution, num_classes=data.num_classes, seed=seed, split=name)
+        if not data.cache_dir:
+            return scenes
+        from adapmtl_cli.data.scene_cache import CachedScenes
+
+        return CachedScenes(scenes, Path(data.cache_dir))
 
     return DataBundle(train=split("train", data.train_size), val=split("val", data.val_size), test=split("test", data.test_size))
