@@ -225,8 +225,8 @@ def eval_command(
 
 @app.command()
 def compare(
-    files: List[Path] = typer.Argument(..., help="Eval JSONs (adapmtl eval --json) or checkpoints."),
-    baseline: Path = typer.Option(..., "--baseline", help="The dense model: an eval JSON or a checkpoint."),
+    files: List[Path] = typer.Argument(..., help="Run folders (their summary.json), eval JSONs (adapmtl eval --json) or checkpoints. A row is named after its run folder, else its file's stem."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="The dense model: a run folder, an eval JSON or a checkpoint. Default: the dense inputs (no zero weight); several (seeds) are pooled into their mean."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset folder for checkpoints; synthetic without one."),
     output_format: str = typer.Option("table", "--format", help="table, markdown or csv."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON on stdout."),
