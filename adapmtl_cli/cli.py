@@ -225,25 +225,40 @@ def eval_command(
 
 @app.command()
 def compare(
-    files: List[Path] = typer.Argument(..., help="Eval JSONs (adapmtl eval --json) or checkpoints."),
-    baseline: Path = typer.Option(..., "--baseline", help="The dense model: an eval JSON or a checkpoint."),
+    files: List[Path] = typer.Argument(..., help="Run folders (their summary.json), eval JSONs (adapmtl eval --json) or checkpoints. A row is named after its run folder, else its file's stem."),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="The dense model: a run folder, an eval JSON or a checkpoint. Default: the dense inputs (no zero weight); several (seeds) are pooled into their mean."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset folder for checkpoints; synthetic without one."),
     output_format: str = typer.Option("table", "--format", help="table, markdown or csv."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw --metric against overall sparsity into this file (.png, .svg or .pdf): one line per method; inputs of a method at the same sparsity (to 0.1 points: seeds) are one point, their mean +-1 sd; the dense baseline is a dashed line with its seeds' +-1 sd band. Needs pip install 'adapmtl\\[plot]'."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="The curve's y: delta_t (default), delta_p, delta/<task> or <task>/<metric> (e.g. segment_semantic/miou). Adds 'curve' to --json."),
+    method_of: Optional[str] = typer.Option(None, "--method-of", help="A regular expression whose first group, searched in a row's name, is its method. Default: the name without its '-'/'_'-separated parts that contain a digit (adapmtl-0.9-seed1 and adapmtl_s95 are both adapmtl)."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON on stdout."),
 ) -> None:
-    """Compare models in the layout of the paper's Table 2 (metrics, Delta per task, sparsity, Delta_T)."""
+    """Compare models in the layout of the paper's Table 2 (metrics, Delta per task, sparsity, Delta_T),
+    and plot a metric against sparsity: adapmtl compare runs/*/ --plot curve.png"""
     from adapmtl_cli.report import tables
     from adapmtl_cli.workflows import compare as workflow
 
     if output_format not in tables.COMPARISON_FORMATS:
         raise _usage(f"--format {output_format!r}: choose table, markdown or csv")
-    comparison = workflow.compare(files, baseline, data_root=data_root)
+    if plot is not None:
+        from adapmtl_cli.report.plots import check_plot_target
+
+        check_plot_target(plot)  # before any checkpoint is evaluated
+    curve_metric = metric or ("delta_t" if plot is not None else None)
+    comparison = workflow.compare(files, baseline, curve_metric=curve_metric, method_of=method_of, data_root=data_root)
     if as_json:
         _print_json(comparison)
     elif output_format == "table":
         _console().print(tables.comparison_table(comparison))
+        if "curve" in comparison:
+            _console().print(tables.curve_table(comparison["curve"]))
     else:
         sys.stdout.write(tables.comparison_text(comparison, output_format))
+    if plot is not None:
+        from adapmtl_cli.report.plots import plot_curve
+
+        _console().print(f"wrote {plot_curve(comparison['curve'], plot)}", markup=False, highlight=False)
 
 
 # -- inspect --------------------------------------------------------------------------------

@@ -26,6 +26,12 @@ class ConfigError(AdapmtlError):
     exit_code = 2
 
 
+class MissingExtra(AdapmtlError):
+    """An optional dependency (a pip extra, e.g. ``adapmtl[plot]``) is not installed."""
+
+    exit_code = 2
+
+
 class DataError(AdapmtlError):
     """A dataset root, index or file is missing or malformed."""
 

@@ -29,13 +29,14 @@ THRESHOLD_PREFIX = "threshold."
 MASK_PREFIX = "mask."
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+def atomic_write_bytes(path: Path, data: bytes, option: str = "--out") -> None:
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+    ``option`` is the one an error message tells the user to change."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise CheckpointError(f"{path}: cannot write here ({exc.strerror}); choose a writable --out") from None
+        raise CheckpointError(f"{path}: cannot write here ({exc.strerror}); choose a writable {option}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -44,7 +45,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise CheckpointError(f"{path}: write failed ({exc.strerror}); free space or choose another --out") from None
+        raise CheckpointError(f"{path}: write failed ({exc.strerror}); free space or choose another {option}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -88,3 +88,36 @@ def comparison_table(comparison: dict):
     for row in rows:
         table.add_row(*row)
     return table
+
+
+def curve_columns(curve: dict) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the sparsity-accuracy curve (``compare --metric/--plot``): one row per
+    point of each method, then the dense baseline; sparsity in percent."""
+    header = ["method", "overall %", curve["metric"], "sd", "n", "models"]
+    body = []
+    for method, points in curve["methods"].items():
+        for point in points:
+            body.append([method, _fmt(100 * point["x"]), _fmt(point["y"]), _fmt_sd(point["sd"]), str(point["n"]),
+                         ", ".join(point["labels"])])
+    baseline = curve["baseline"]
+    body.append(["dense baseline", _fmt(0.0), _fmt(baseline["y"]), _fmt_sd(baseline["sd"]), str(baseline["n"] or "-"),
+                 ", ".join(baseline["dense_inputs"]) or baseline["description"]])
+    return header, body
+
+
+def _fmt_sd(value) -> str:
+    """A standard deviation cell: "-" below two values (None)."""
+    return "-" if value is None else _fmt(value)
+
+
+def curve_table(curve: dict):
+    """The curve's points as a rich Table titled with its y axis."""
+    from rich.table import Table
+
+    header, rows = curve_columns(curve)
+    table = Table(title=curve["y_label"], title_justify="left")
+    for column in header:
+        table.add_column(column, justify="left" if column in ("method", "models") else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table

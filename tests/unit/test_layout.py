@@ -24,7 +24,8 @@ OWNER = {
 # Modules of workflows/ that belong to no single command.
 SHARED = {"__init__", "_common"}
 # Imports that mean rendering: none of them under workflows/.
-RENDERING_IMPORTS = ("rich", "csv", "adapmtl_cli.report.console", "adapmtl_cli.report.tables")
+RENDERING_IMPORTS = ("rich", "csv", "matplotlib", "adapmtl_cli.report.console", "adapmtl_cli.report.tables",
+                     "adapmtl_cli.report.plots")
 RENDERING_NAMES = ("render", "format", "fmt")
 
 
