@@ -507,7 +507,8 @@ def _describe_validation_error(exc: ValidationError) -> str:
 
 def config_to_toml(config: Config) -> str:
     """The fully resolved config as TOML; reading it back gives an equal Config."""
-    data = config.model_dump(mode="json")
+    # TOML has no null: an unset optional value (data.seed) is left out and reads back as unset.
+    data = _without_none(config.model_dump(mode="json"))
     lines: list[str] = []
     scalars = {k: v for k, v in data.items() if not isinstance(v, dict)}
     tables = {k: v for k, v in data.items() if isinstance(v, dict)}
@@ -520,6 +521,10 @@ def config_to_toml(config: Config) -> str:
             lines.append(f"\n[{table}.{key}]")
             lines += [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()]
     return "\n".join(lines) + "\n"
+
+
+def _without_none(table: dict) -> dict:
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in table.items() if v is not None}
 
 
 def _toml_key(key: str) -> str:

@@ -1,23 +1,34 @@
-"""AdapMTL against the paper's comparison methods at equal sparsity, on the synthetic 3-task scenes.
+"""The quality benchmark: AdapMTL against the paper's comparison methods on the bench scenes.
 
-Methods (all at overall sparsity 0.9, all with the same total number of training steps S):
-  dense                     S steps, no sparsity (the baseline of Delta_T)
-  adapmtl                   S steps, component thresholds, adaptive weighting
-  adapmtl-one-threshold     the same with one global threshold (ablation)
-  adapmtl-equal-weighting   the same with equal task weights (ablation)
-  magnitude                 S/2 dense steps, global magnitude pruning, S/2 masked finetuning
-  imp                       S/2 dense, then 3 x (prune, S/6 masked finetuning) to the same ratio
-  lth                       S/2 dense, prune, rewind survivors to init, S/2 masked training
-  snip / disparse           prune at initialisation from saliency, S masked training
-The row dense-half-steps (the dense model after S/2 steps) shows that the task is not saturated.
-Methods whose sparsity is not exact are pruned to the achieved value of AdapMTL. Each seed gets its
-own dense baseline. The table is `adapmtl compare --format markdown` of seed 0's eval JSONs. Over
-seeds the summary gives Delta_T against each seed's dense model and against the dense models' mean
-(one dense run's luck moves every method of its seed alike), each method's gap to AdapMTL paired by
-seed with a t-test (is the ranking resolved?), the mean rank, and the per-component sparsity.
+Three questions, all on `data.scenes = "bench"` (curved and slanted surfaces, class-blind textures,
+shading and noise; every run trains on the same scenes, so a seed changes the initialisation and the
+batch order only), and every method with the same number of training steps S:
 
-    python benchmarks/quality.py [--seeds 5] [--steps 600] [--keep DIR] [--write]
-    python benchmarks/quality.py --analyse DIR [--write]     (re-analyse kept eval JSONs)
+1. Noise. The dense model trained with every seed: each metric's sd over seeds, and the sd of
+   Delta_T between two dense runs (what a difference between two methods has to beat).
+2. The table at overall sparsity 0.9, over the same seeds:
+     adapmtl                   schedule control, component thresholds, adaptive weighting
+     adapmtl-freeze            the reference's stop rule; sInit and weight decay tuned on seed 0 so
+                               that it lands closest to 0.9 within S (the tuning runs are counted);
+                               a run that stops below 0.9 is magnitude-pruned to 0.9 at the end
+     adapmtl-one-threshold     one global threshold (ablation)
+     adapmtl-equal-weighting   equal task weights (ablation)
+     magnitude                 S/2 dense steps, global magnitude pruning, S/2 masked finetuning
+     imp                       S/2 dense, then 3 x (prune, S/6 masked finetuning)
+     lth                       S/2 dense, prune, rewind the survivors to init, S/2 masked training
+     snip / disparse           pruned at initialisation from saliency, S masked training
+   Delta_T is taken against the dense models' mean (`adapmtl compare` pools the dense runs), gaps to
+   AdapMTL are paired by seed, with 95% t intervals.
+3. The curve: Delta_T against sparsity 0.5 ... 0.98 for adapmtl, magnitude and imp, drawn by the
+   user-facing `adapmtl compare runs/... --plot`.
+
+Every run is an `adapmtl` command; its run folder lands in KEEP/runs/<method>-s<target>-seed<k>/
+(intermediate checkpoints in KEEP/work/). A run whose output exists is not run again, so a killed
+benchmark continues where it stopped: rerun with the same --keep.
+
+    python benchmarks/quality.py --keep DIR [--write]         the full benchmark (about an hour on 2 cores)
+    python benchmarks/quality.py --quick --keep DIR           the smoke test (1 seed, 2 sparsities, 40 steps)
+    python benchmarks/quality.py --analyse DIR [--write]      analyse DIR again without running anything
 """
 
 from __future__ import annotations
@@ -25,183 +36,338 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
+from itertools import permutations
 from pathlib import Path
 
-from steptime import report
-
-from adapmtl_cli.report import jsonout
-
-# A harder setting than the demo's (more classes, larger images, a wider network), so a dense
-# model is clearly not saturated in the step budget.
-DATA = ["data.resolution=64", "data.num_classes=8", "data.train_size=8192", "data.val_size=128", "data.test_size=512",
-        "model.width=32", "train.batch_size=16", "sparsity.target=0.9", "weighting.begin=100", "weighting.window=50"]
+# The bench setting: every run, whatever its method.
+SETTING = ("data.scenes=bench", "data.seed=0", "data.resolution=48", "data.num_classes=6", "model.width=24",
+           "data.train_size=4096", "data.val_size=128", "data.test_size=512", "train.batch_size=16")
+TABLE_TARGET = 0.9
+CURVE_METHODS = ("adapmtl", "magnitude", "imp")
 
 
-def adapmtl(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "adapmtl_cli", *args], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+@dataclass(frozen=True)
+class Budget:
+    steps: int
+    seeds: int                                   # dense noise and the table at 0.9
+    curve_seeds: int                             # the curve's seeds (the first ones)
+    sparsities: tuple[float, ...]                # the curve's targets
+    freeze_grid: tuple[tuple[float, float], ...]  # (sInit, weight decay) tried for the freeze rule
+    data: tuple[str, ...] = ()                   # overrides of SETTING
+
+    def overrides(self, steps: int) -> list[str]:
+        """SETTING, scaled to a run of ``steps``: the lr drops at 2/3, adaptive weighting starts at 1/4."""
+        return [*SETTING, *self.data, f"train.steps={steps}", f"train.val_every={steps}", f"optim.lr_step={max(1, 2 * steps // 3)}",
+                f"weighting.begin={steps // 4}", f"weighting.window={max(1, steps // 12)}"]
 
 
-def train(out: Path, steps: int, seed: int, *extra: str) -> Path:
-    adapmtl("train", "--out", str(out), "--quiet", "--force", f"seed={seed}", f"train.steps={steps}", f"train.val_every={steps}", *DATA, *extra)
-    return out / "model.safetensors"
+FULL = Budget(steps=600, seeds=5, curve_seeds=3, sparsities=(0.5, 0.7, 0.8, 0.9, 0.95, 0.98),
+              freeze_grid=tuple((s, wd) for s in (-6.0, -4.0, -3.0) for wd in (1e-4, 1e-3)))
+QUICK = Budget(steps=40, seeds=1, curve_seeds=1, sparsities=(0.5, 0.9), freeze_grid=((-4.0, 1e-3),),
+               data=("data.train_size=128", "data.val_size=16", "data.test_size=32"))
 
 
-def finetune(checkpoint: Path, out: Path, steps: int, *extra: str) -> Path:
-    adapmtl("finetune", str(checkpoint), "--out", str(out), "--quiet", "--force", f"train.steps={steps}", f"train.val_every={steps}", *extra)
-    return out / "model.safetensors"
+@dataclass
+class Job:
+    name: str
+    args: list[str]            # the adapmtl command line
+    done: Path                 # exists once the job has finished (written atomically by adapmtl)
+    after: tuple[str, ...] = ()
+    log: list = field(default_factory=list)
 
 
-def prune(checkpoint: Path, out: Path, ratio: float, *extra: str) -> Path:
-    adapmtl("prune", str(checkpoint), "--ratio", f"{ratio}", "--out", str(out), "--force", *extra)
-    return out
+def target_name(target: float) -> str:
+    return f"s{target:g}"
 
 
-def evaluate(checkpoint: Path, out: Path) -> Path:
-    result = subprocess.run([sys.executable, "-m", "adapmtl_cli", "eval", str(checkpoint), "--json"], check=True,
-                            capture_output=True, text=True)
-    out.write_text(result.stdout)
-    return out
+class Plan:
+    """The benchmark's jobs, built from a budget and a folder."""
+
+    def __init__(self, root: Path, budget: Budget):
+        self.root, self.budget = root, budget
+        self.jobs: dict[str, Job] = {}
+
+    def run_dir(self, method: str, seed: int, target: float | None = None) -> Path:
+        return self.root / "runs" / (f"{method}-seed{seed}" if target is None else f"{method}-{target_name(target)}-seed{seed}")
+
+    def add(self, name: str, args: list[str], done: Path, after: tuple[str, ...] = ()) -> str:
+        self.jobs[name] = Job(name, [str(a) for a in args], done, tuple(a for a in after if a))
+        return name
+
+    def train(self, out: Path, steps: int, seed: int, *extra: str) -> str:
+        cache = f"data.cache_dir={self.root / 'scenes'}"
+        return self.add(out.name, ["train", "--out", out, "--quiet", "--force", f"seed={seed}", cache,
+                                   *self.budget.overrides(steps), *extra], out / "summary.json")
+
+    def finetune(self, checkpoint: Path, out: Path, steps: int, after: str, *extra: str) -> str:
+        # The checkpoint's config is the setting; only the step-dependent values change.
+        scaled = [o for o in self.budget.overrides(steps) if o.split("=")[0] in
+                  ("train.steps", "train.val_every", "optim.lr_step", "weighting.begin", "weighting.window")]
+        return self.add(out.name, ["finetune", checkpoint, "--out", out, "--quiet", "--force", *scaled, *extra],
+                        out / "summary.json", (after,))
+
+    def prune(self, checkpoint: Path, out: Path, ratio: float, after: str, *extra: str) -> str:
+        return self.add(out.stem, ["prune", checkpoint, "--ratio", f"{ratio}", "--out", out, "--force", *extra], out, (after,))
 
 
-def run_seed(root: Path, seed: int, steps: int) -> dict[str, Path]:
-    half = steps // 2
-    models: dict[str, Path] = {}
-    models["dense"] = train(root / "dense", steps, seed, "sparsity.enabled=false")
-    models["adapmtl"] = train(root / "adapmtl", steps, seed)
-    target = json.loads((root / "adapmtl" / "summary.json").read_text())["sparsity"]["overall"]
-    models["adapmtl-one-threshold"] = train(root / "global", steps, seed, "sparsity.granularity=global")
-    models["adapmtl-equal-weighting"] = train(root / "equal", steps, seed, "weighting.method=equal")
-    half_dense = train(root / "half-dense", half, seed, "sparsity.enabled=false", "train.save_init=true")
-    # Not a method: the dense model after half the budget shows whether dense is still improving
-    # at S steps (a negative Delta_T here means the task is not saturated).
-    models["dense-half-steps"] = half_dense
-    models["magnitude"] = finetune(prune(half_dense, root / "magnitude.safetensors", target), root / "magnitude", half)
-    current = half_dense
-    stage_ratio = 1 - (1 - target) ** (1 / 3)
-    for stage in range(3):
-        current = finetune(prune(current, root / f"imp{stage}.safetensors", stage_ratio), root / f"imp{stage}", max(1, steps // 6))
-    models["imp"] = current
-    models["lth"] = _lth(root, half_dense, target, half)
-    init = root / "half-dense" / "init.safetensors"  # the untrained weights, as a checkpoint
-    for method in ("snip", "disparse"):
-        pruned = prune(init, root / f"{method}.safetensors", target, "--method", method, "--batches", "8")
-        models[method] = finetune(pruned, root / method, steps)
-    return {name: evaluate(path, root / f"{name}.json") for name, path in models.items()}
+def plan_everything(root: Path, budget: Budget) -> Plan:
+    """Every job but the tuned freeze runs of the seeds after 0 (they need the tuning's outcome)."""
+    plan, steps, half = Plan(root, budget), budget.steps, budget.steps // 2
+    work = root / "work"
+    for seed in range(budget.seeds):
+        plan.train(plan.run_dir("dense", seed), steps, seed, "sparsity.enabled=false")
+        half_dense = plan.train(work / f"half-dense-seed{seed}", half, seed, "sparsity.enabled=false", "train.save_init=true")
+        half_model, init = work / half_dense / "model.safetensors", work / half_dense / "init.safetensors"
+        targets = set(budget.sparsities) if seed < budget.curve_seeds else set()
+        for target in sorted(targets | {TABLE_TARGET}):
+            sparse = f"sparsity.target={target}"
+            plan.train(plan.run_dir("adapmtl", seed, target), steps, seed, sparse)
+            pruned = work / f"pruned-magnitude-{target_name(target)}-seed{seed}.safetensors"
+            plan.finetune(pruned, plan.run_dir("magnitude", seed, target), half, plan.prune(half_model, pruned, target, half_dense))
+            current, stage_ratio, after = half_model, 1 - (1 - target) ** (1 / 3), half_dense
+            for stage in range(3):
+                pruned = work / f"pruned-imp-{target_name(target)}-seed{seed}-stage{stage}.safetensors"
+                out = plan.run_dir("imp", seed, target) if stage == 2 else work / f"imp-{target_name(target)}-seed{seed}-stage{stage}"
+                after = plan.finetune(pruned, out, max(1, steps // 6), plan.prune(current, pruned, stage_ratio, after))
+                current = out / "model.safetensors"
+        target, sparse = TABLE_TARGET, f"sparsity.target={TABLE_TARGET}"
+        plan.train(plan.run_dir("adapmtl-one-threshold", seed, target), steps, seed, sparse, "sparsity.granularity=global")
+        plan.train(plan.run_dir("adapmtl-equal-weighting", seed, target), steps, seed, sparse, "weighting.method=equal")
+        pruned = work / f"pruned-lth-seed{seed}.safetensors"
+        plan.finetune(pruned, plan.run_dir("lth", seed, target), half, plan.prune(half_model, pruned, target, half_dense), "--rewind", init)
+        for method in ("snip", "disparse"):
+            pruned = work / f"pruned-{method}-seed{seed}.safetensors"
+            plan.finetune(pruned, plan.run_dir(method, seed, target), steps,
+                          plan.prune(init, pruned, target, half_dense, "--method", method, "--batches", "8"))
+    for init_s, decay in budget.freeze_grid:
+        freeze_run(plan, work / f"freeze-tune-i{init_s:g}-wd{decay:g}-seed0", 0, init_s, decay)
+    return plan
 
 
-def _lth(root: Path, half_dense: Path, target: float, steps: int) -> Path:
-    pruned = prune(half_dense, root / "lth.safetensors", target)
-    adapmtl("finetune", str(pruned), "--rewind", str(root / "half-dense" / "init.safetensors"), "--out", str(root / "lth"),
-            "--quiet", "--force", f"train.steps={steps}", f"train.val_every={steps}")
-    return root / "lth" / "model.safetensors"
+def freeze_run(plan: Plan, out: Path, seed: int, init_s: float, decay: float) -> str:
+    return plan.train(out, plan.budget.steps, seed, f"sparsity.target={TABLE_TARGET}", "sparsity.control=freeze",
+                      f"sparsity.init={init_s}", f"optim.weight_decay={decay}")
 
 
-def _mean_or_null(values: list) -> float | None:
-    """The mean over seeds; null (undefined) when a seed's metric is undefined (null in its JSON)."""
-    return None if any(v is None for v in values) else statistics.mean(values)
+def plan_freeze(root: Path, budget: Budget, choice: tuple[float, float], tuned: Path) -> Plan:
+    """The tuned freeze runs, finished the way a user would: a run below 0.9 is pruned to 0.9."""
+    plan = Plan(root, budget)
+    for seed in range(budget.seeds):
+        trained = tuned if seed == 0 else root / "work" / f"freeze-seed{seed}"
+        after = "" if seed == 0 else freeze_run(plan, trained, seed, *choice)
+        final = plan.run_dir("adapmtl-freeze", seed, TABLE_TARGET)
+        plan.add(final.name, [sys.executable, Path(__file__).resolve(), "--finish-freeze", trained, final], final / "summary.json", (after,))
+    return plan
 
 
-def pooled_baseline(seed_dirs: list[Path], out: Path) -> Path:
-    """The dense models' metrics averaged over seeds: a baseline free of one dense run's luck."""
-    documents = [json.loads((d / "dense.json").read_text()) for d in seed_dirs]
-    pooled = dict(documents[0], file="dense, mean over seeds")
-    pooled["metrics"] = {task: {key: _mean_or_null([doc["metrics"][task][key] for doc in documents]) for key in metrics}
-                         for task, metrics in documents[0]["metrics"].items()}
-    out.write_text(jsonout.dumps(pooled))
-    return out
+def run_jobs(plan: Plan, workers: int, logs: Path) -> None:
+    """Run every job whose output is missing, ``workers`` at a time, each after the jobs it needs."""
+    logs.mkdir(parents=True, exist_ok=True)
+    pending = {name: job for name, job in plan.jobs.items() if not job.done.exists()}
+    running: dict[str, subprocess.Popen] = {}
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, (os.cpu_count() or 2) // workers)))
+    while pending or running:
+        for name, job in list(pending.items()):
+            if len(running) < workers and not any(dep in pending or dep in running for dep in job.after):
+                command = job.args if job.args[0] == sys.executable else [sys.executable, "-m", "adapmtl_cli", *job.args]
+                with open(logs / f"{name}.log", "w") as log:
+                    running[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+                del pending[name]
+        time.sleep(0.2)
+        for name, process in list(running.items()):
+            if process.poll() is not None:
+                del running[name]
+                if process.returncode != 0:
+                    for other in running.values():
+                        other.wait()
+                    tail = (logs / f"{name}.log").read_text().strip().splitlines()[-1:] or ["(no output)"]
+                    raise SystemExit(f"quality.py: {name} failed (exit {process.returncode}): {tail[0]}; log in {logs / name}.log")
 
 
-def analyse(root: Path) -> list[str]:
-    """Table 2 of seed 0, then over seeds: Delta_T against each seed's own dense model and against
-    the pooled dense model, the paired gap to AdapMTL with its standard error, and the mean rank."""
-    from adapmtl_cli.workflows.compare import compare
+def finish_freeze(trained: Path, final: Path) -> None:
+    """Copy a freeze run's folder; below the target, prune it to the target (no finetuning)."""
+    import shutil
 
-    seed_dirs = sorted(d for d in root.glob("seed*") if (d / "dense.json").exists())
-    pooled = pooled_baseline(seed_dirs, root / "dense-pooled.json")
-    own: dict[str, list[float]] = {}
-    against_pooled: dict[str, list[float]] = {}
-    sparsity: dict[str, list[dict]] = {}
-    per_task: dict[str, dict[str, list[float]]] = {}
-    table: list[str] = []
-    for index, seed_dir in enumerate(seed_dirs):
-        files = [p for p in sorted(seed_dir.glob("*.json")) if p.stem != "dense"]
-        comparison = compare(files, seed_dir / "dense.json")
-        if index == 0:  # the table exactly as users get it
-            table = subprocess.run([sys.executable, "-m", "adapmtl_cli", "compare", *map(str, files), "--baseline",
-                                    str(seed_dir / "dense.json"), "--format", "markdown"],
-                                   check=True, capture_output=True, text=True).stdout.strip().splitlines()
-        for row in comparison["rows"][1:]:
-            name = Path(row["file"]).stem
-            own.setdefault(name, []).append(row["delta"]["delta_t"])
-            for task, value in row["delta"]["per_task"].items():
-                per_task.setdefault(task, {}).setdefault(name, []).append(value)
-            sparsity.setdefault(name, []).append(row["sparsity"])
-        for row in compare(files, pooled)["rows"][1:]:
-            against_pooled.setdefault(Path(row["file"]).stem, []).append(row["delta"]["delta_t"])
-    n = len(seed_dirs)
-    methods = [m for m in own if m != "dense-half-steps"]
+    summary = json.loads((trained / "summary.json").read_text())
+    staging = final.with_name(final.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    if summary["sparsity"]["overall"] < TABLE_TARGET:
+        remaining = 1 - (1 - TABLE_TARGET) / (1 - summary["sparsity"]["overall"])
+        subprocess.run([sys.executable, "-m", "adapmtl_cli", "prune", str(trained / "model.safetensors"), "--ratio", f"{remaining}",
+                        "--out", str(trained / "pruned-to-target.safetensors"), "--force"], check=True, capture_output=True)
+        result = subprocess.run([sys.executable, "-m", "adapmtl_cli", "eval", str(trained / "pruned-to-target.safetensors"), "--json"],
+                                check=True, capture_output=True, text=True)
+        evaluated = json.loads(result.stdout)
+        summary = dict(summary, metrics=evaluated["metrics"], sparsity=evaluated["sparsity"],
+                       notes=summary["notes"] + [f"stopped at {summary['sparsity']['overall']:.2%}; magnitude-pruned to {TABLE_TARGET:.0%} after training"])
+    staging.mkdir(parents=True)
+    (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(staging, final)
+
+
+def choose_freeze(root: Path, budget: Budget) -> tuple[tuple[float, float], Path, list[str]]:
+    """The grid point whose final sparsity is closest to the target, and the tuning table."""
+    rows, best = [], None
+    for init_s, decay in budget.freeze_grid:
+        run = root / "work" / f"freeze-tune-i{init_s:g}-wd{decay:g}-seed0"
+        overall = json.loads((run / "summary.json").read_text())["sparsity"]["overall"]
+        rows.append(f"| {init_s:g} | {decay:g} | {100 * overall:.2f} |")
+        if best is None or abs(overall - TABLE_TARGET) < best[0]:
+            best = (abs(overall - TABLE_TARGET), (init_s, decay), run)
+    return best[1], best[2], rows
+
+
+# -- analysis -----------------------------------------------------------------------------
+
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
+
+
+def compare_json(folders: list[Path], *extra: str) -> dict:
+    result = subprocess.run([sys.executable, "-m", "adapmtl_cli", "compare", *map(str, folders), "--json", *extra],
+                            check=True, capture_output=True, text=True)
+    return json.loads(result.stdout)
+
+
+def interval(values: list[float]) -> str:
+    """mean [95% t interval] of a paired difference."""
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return f"{mean:+.1f}"
+    half = T95.get(len(values) - 1, 2.0) * statistics.stdev(values) / math.sqrt(len(values))
+    return f"{mean:+.1f} [{mean - half:+.1f}, {mean + half:+.1f}]"
+
+
+def sd(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else float("nan")
+
+
+def noise_lines(dense: list[Path]) -> list[str]:
+    summaries = [json.loads((d / "summary.json").read_text())["metrics"] for d in dense]
+    lines = [f"Dense model, {len(dense)} seeds (same scenes, different initialisation and batch order):", "",
+             "| metric | mean | sd over seeds |", "|---|---|---|"]
+    for task, metrics in summaries[0].items():
+        for key in metrics:
+            values = [s[task][key] for s in summaries]
+            lines.append(f"| {task}/{key} | {statistics.mean(values):.4g} | {sd(values):.3g} |")
+    from adapmtl_cli.workflows.compare import compare  # in-process: one call per ordered pair
+
+    pairwise = []
+    for a, b in permutations(dense, 2):
+        by_name = {row["model"]: row for row in compare([a], b)["rows"]}
+        pairwise.append(by_name[a.name]["delta"]["delta_t"])
+    rms = math.sqrt(statistics.mean(v * v for v in pairwise)) if pairwise else float("nan")
+    by_name = {row["model"]: row for row in compare_json(dense)["rows"]}
+    pooled = [by_name[d.name]["delta"]["delta_t"] for d in dense]
+    lines += ["", f"Delta_T of one dense run against another (all {len(pairwise)} ordered pairs): rms {rms:.2f} points "
+              f"(largest {max(map(abs, pairwise), default=float('nan')):.2f}). Delta_T of each dense run against the "
+              f"dense mean: sd {sd(pooled):.2f} points."]
+    return lines
+
+
+def table_lines(root: Path, budget: Budget) -> list[str]:
+    runs = root / "runs"
+    seeds = range(budget.seeds)
+    tag = target_name(TABLE_TARGET)
+    methods = sorted({p.name.rsplit(f"-{tag}-seed", 1)[0] for p in runs.glob(f"*-{tag}-seed*")})
+    dense = [runs / f"dense-seed{k}" for k in seeds]
+    folders = dense + [runs / f"{m}-{tag}-seed{k}" for m in methods for k in seeds]
+    rows = {r["model"]: r for r in compare_json(folders)["rows"]}
+    delta = {m: [rows[f"{m}-{tag}-seed{k}"]["delta"]["delta_t"] for k in seeds] for m in methods}
     ranks = {m: [] for m in methods}
-    for seed in range(n):
-        for rank, method in enumerate(sorted(methods, key=lambda m: -own[m][seed]), start=1):
-            ranks[method].append(rank)
-    components = list(sparsity[methods[0]][0]["components"])
-    # Two-sided 95% Student t for n - 1 degrees of freedom: a paired gap is resolved beyond it.
-    t_critical = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}.get(n - 1, 2.0)
+    for k in seeds:
+        for rank, m in enumerate(sorted(methods, key=lambda m: -delta[m][k]), start=1):
+            ranks[m].append(rank)
+    components = list(rows[f"adapmtl-{tag}-seed0"]["sparsity"]["components"])
+    lines = [f"At overall sparsity {TABLE_TARGET}, {len(seeds)} seeds, {budget.steps} steps for every method. Delta_T in points "
+             "against the dense models' mean (mean ± sd over seeds); the gap to AdapMTL paired by seed, mean [95% t interval] "
+             "(resolved when the interval excludes 0); the mean rank (1 = best); sparsity in %, mean over seeds.", "",
+             "| method | Delta_T | gap to AdapMTL [95% CI] | resolved | mean rank | overall | " + " | ".join(components) + " |",
+             "|" + "---|" * (6 + len(components))]
+    for m in sorted(methods, key=lambda m: -statistics.mean(delta[m])):
+        gaps = [a - b for a, b in zip(delta[m], delta["adapmtl"])]
+        text = interval(gaps)
+        resolved = "" if m == "adapmtl" or len(gaps) < 2 else ("yes" if "[" in text and _excludes_zero(text) else "no")
+        sparsity = [rows[f"{m}-{tag}-seed{k}"]["sparsity"] for k in seeds]
+        per_component = " | ".join(f"{100 * statistics.mean(s['components'][c] for s in sparsity):.1f}" for c in components)
+        lines.append(f"| {m} | {statistics.mean(delta[m]):+.1f} ± {sd(delta[m]):.1f} | {'' if m == 'adapmtl' else text} | {resolved} | "
+                     f"{statistics.mean(ranks[m]):.1f} | {100 * statistics.mean(s['overall'] for s in sparsity):.2f} | {per_component} |")
+    half = [root / "work" / f"half-dense-seed{k}" for k in seeds]
+    by_name = {r["model"]: r for r in compare_json(dense + half)["rows"]}
+    half_delta = [by_name[h.name]["delta"]["delta_t"] for h in half]
+    lines += ["", f"Not a method: the dense model after S/2 steps scores {statistics.mean(half_delta):+.1f} ± {sd(half_delta):.1f} "
+              "(a clearly negative value means the task is not saturated at S steps)."]
+    return lines
 
-    def spread(values: list[float]) -> float:
-        return statistics.stdev(values) if len(values) > 1 else float("nan")
 
-    lines = ["Seed 0 in the layout of the paper's Table 2 (every metric, Delta per task against that seed's dense model):", ""]
-    lines += table + ["", f"Over {n} seeds: Delta_T (points, mean ± sd) against each seed's own dense model and against the dense "
-                      "models' mean metrics; the gap to AdapMTL, paired by seed (mean ± standard error; resolved when it is larger "
-                      f"than {t_critical} standard errors, a paired t-test at 95%); the mean rank among the sparse models (1 = best); sparsity (%).", "",
-                      "| method | Delta_T vs own dense | Delta_T vs mean dense | gap to AdapMTL | resolved | mean rank | overall | "
-                      + " | ".join(components) + " |", "|" + "---|" * (7 + len(components))]
-    for name in sorted(own, key=lambda m: -statistics.mean(own[m])):
-        gaps = [a - b for a, b in zip(own[name], own["adapmtl"])]
-        gap_se = spread(gaps) / math.sqrt(n) if n > 1 else float("nan")
-        resolved = "" if name == "adapmtl" else ("yes" if abs(statistics.mean(gaps)) > t_critical * gap_se else "no")
-        gap = "" if name == "adapmtl" else f"{statistics.mean(gaps):+.1f} ± {gap_se:.1f}"
-        rank = f"{statistics.mean(ranks[name]):.1f}" if name in ranks else "(not ranked)"
-        per_component = " | ".join(f"{100 * statistics.mean(s['components'][c] for s in sparsity[name]):.1f}" for c in components)
-        overall = 100 * statistics.mean(s["overall"] for s in sparsity[name])
-        lines.append(f"| {name} | {statistics.mean(own[name]):+.1f} ± {spread(own[name]):.1f} | "
-                     f"{statistics.mean(against_pooled[name]):+.1f} ± {spread(against_pooled[name]):.1f} | {gap} | {resolved} | "
-                     f"{rank} | {overall:.2f} | {per_component} |")
-    spreads = {task: statistics.mean(spread(v) for v in by_method.values()) for task, by_method in per_task.items()}
-    lines += ["", "Where the seed-to-seed spread comes from: the sd over seeds of each task's Delta, averaged over methods: "
-              + ", ".join(f"{task} {value:.1f}" for task, value in spreads.items()) + " points."]
+def _excludes_zero(text: str) -> bool:
+    low, high = (float(v) for v in text.split("[")[1].rstrip("]").split(","))
+    return low > 0 or high < 0
+
+
+def curve_lines(root: Path, budget: Budget, picture: Path) -> list[str]:
+    runs = root / "runs"
+    folders = [runs / f"dense-seed{k}" for k in range(budget.seeds)]
+    folders += sorted(p for m in CURVE_METHODS for p in runs.glob(f"{m}-s*-seed*") if int(p.name.rsplit("seed", 1)[1]) < budget.curve_seeds)
+    curve = compare_json(folders, "--plot", str(picture))["curve"]
+    lines = [f"Delta_T (points, mean ± sd over {budget.curve_seeds} seeds) against overall sparsity; the picture is "
+             f"`adapmtl compare runs/dense-* runs/{{{','.join(CURVE_METHODS)}}}-* --plot {picture.name}`.", "",
+             "| method | " + " | ".join(f"{100 * t:g}%" for t in budget.sparsities) + " |", "|" + "---|" * (1 + len(budget.sparsities))]
+    for method in CURVE_METHODS:
+        points = {round(p["x"], 3): p for p in curve["methods"].get(method, [])}
+        cells = [points.get(round(t, 3)) for t in budget.sparsities]
+        lines.append(f"| {method} | " + " | ".join("" if p is None else f"{p['y']:+.1f} ± {p['sd']:.1f}" if p.get("sd") is not None
+                                                    else f"{p['y']:+.1f}" for p in cells) + " |")
+    return lines
+
+
+def analyse(root: Path, budget: Budget, picture: Path, minutes: float | None) -> list[str]:
+    choice, _, tuning = choose_freeze(root, budget)
+    lines = [f"### Quality on the bench scenes ({budget.steps} steps per method, {budget.seeds} seeds, 48 px, demo net at width 24)", ""]
+    lines += noise_lines([root / "runs" / f"dense-seed{k}" for k in range(budget.seeds)])
+    lines += ["", f"Tuning the freeze rule (seed 0, {len(tuning)} runs of {budget.steps} steps; the setting closest to "
+              f"{TABLE_TARGET:.0%} is used, sInit {choice[0]:g} and weight decay {choice[1]:g}):", "",
+              "| sInit | weight decay | final sparsity % |", "|---|---|---|", *tuning, ""]
+    lines += table_lines(root, budget) + [""] + curve_lines(root, budget, picture)
+    if minutes is not None:
+        lines += ["", f"({minutes:.0f} min on this machine; run folders in {root})"]
     return lines
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--keep", type=Path, default=None, help="keep the eval JSONs in this folder (seedN/method.json)")
-    parser.add_argument("--analyse", type=Path, default=None, help="only analyse a folder written by --keep")
-    parser.add_argument("--write", action="store_true")
+    parser.add_argument("--keep", type=Path, default=None, help="the benchmark's folder: reused to continue a stopped run")
+    parser.add_argument("--quick", action="store_true", help="the smoke test: 1 seed, 2 sparsities, 40 steps, small splits")
+    parser.add_argument("--workers", type=int, default=2, help="runs at a time (each gets cores / workers threads)")
+    parser.add_argument("--analyse", type=Path, default=None, help="only analyse a folder of an earlier run")
+    parser.add_argument("--plot", type=Path, default=None, help="where the curve goes (default: <keep>/curve.png)")
+    parser.add_argument("--write", action="store_true", help="append the results to benchmarks/RESULTS.md")
+    parser.add_argument("--finish-freeze", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    start = time.time()
-    if args.analyse is not None:
-        root, minutes = args.analyse, None
-    else:
-        root = args.keep or Path(tempfile.mkdtemp(prefix="adapmtl-quality-"))
-        for seed in range(args.seeds):
-            (root / f"seed{seed}").mkdir(parents=True, exist_ok=True)
-            run_seed(root / f"seed{seed}", seed, args.steps)
+    if args.finish_freeze:
+        return finish_freeze(*args.finish_freeze)
+    budget = QUICK if args.quick else FULL
+    start, minutes = time.time(), None
+    root = args.analyse or args.keep or Path(tempfile.mkdtemp(prefix="adapmtl-quality-"))
+    if args.analyse is None:
+        run_jobs(plan_everything(root, budget), args.workers, root / "logs")
+        choice, tuned, _ = choose_freeze(root, budget)
+        run_jobs(plan_freeze(root, budget, choice, tuned), args.workers, root / "logs")
         minutes = (time.time() - start) / 60
-    seeds = len(list(root.glob("seed*")))
-    lines = [f"### Quality at equal sparsity (synthetic 3-task scenes, {args.steps} steps per method, {seeds} seeds)", ""]
-    lines += analyse(root)
-    if minutes is not None:
-        lines += ["", f"({minutes:.0f} min in all on this machine; eval JSONs in {root})"]
-    report(lines, args.write)
+    lines = analyse(root, budget, args.plot or root / "curve.png", minutes)
+    if args.write:
+        from steptime import report
+
+        report(lines, True)
+    else:
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

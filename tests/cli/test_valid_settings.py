@@ -43,6 +43,8 @@ settings_space = st.fixed_dictionaries({
     "optim.lr": log_uniform(1e-6, 10.0),
     "optim.weight_decay": st.one_of(st.just(0.0), log_uniform(1e-8, 1.0)),
     "train.steps": st.integers(1, 6),
+    "data.scenes": st.sampled_from(["demo", "bench"]),
+    "data.seed": st.one_of(st.none(), st.integers(0, 2**63 - 1)),  # None: left unset (the run's seed)
 })
 
 
@@ -50,7 +52,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # many tiny runs (conftest.p
 
 
 def overrides_of(values: dict) -> list[str]:
-    return [f"{key}={json.dumps(value)}" for key, value in values.items()]
+    return [f"{key}={json.dumps(value)}" for key, value in values.items() if value is not None]
 
 
 DEFAULTS = {"sparsity.init": -6.0, "sparsity.control": "schedule", "sparsity.granularity": "component", "weighting.method": "adaptive",

@@ -33,8 +33,10 @@ def test_overrides_keep_their_types():
     assert config.data.root == "/some/where"
 
 
-def test_resolved_config_round_trips_through_toml(tmp_path):
-    config = load_config("demo", ["optim.betas=[0.9, 0.99]", "weighting.priorities.normal=0.5", "sparsity.freeze_only=['head.normal']"])
+@pytest.mark.parametrize("data", [[], ["data.seed=7", "data.scenes=bench", "data.cache_dir=/tmp/scenes"]])
+def test_resolved_config_round_trips_through_toml(tmp_path, data):
+    # data.seed unset is None, which TOML cannot write: it is left out and reads back unset.
+    config = load_config("demo", ["optim.betas=[0.9, 0.99]", "weighting.priorities.normal=0.5", "sparsity.freeze_only=['head.normal']", *data])
     path = tmp_path / "config.toml"
     path.write_text(config_to_toml(config))
     assert tomllib.loads(path.read_text())  # valid TOML
