@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import permutations
 from pathlib import Path
 
@@ -382,7 +382,9 @@ def curve_lines(root: Path, budget: Budget, picture: Path) -> list[str]:
 
 def analyse(root: Path, budget: Budget, picture: Path, minutes: float | None) -> list[str]:
     choice, _, tuning = choose_freeze(root, budget)
-    lines = [f"### Quality on the bench scenes ({budget.steps} steps per method, {budget.seeds} seeds, 48 px, demo net at width 24)", ""]
+    commit = (root / "commit.txt").read_text().strip() if (root / "commit.txt").exists() else "unknown"
+    lines = [f"### Quality on the bench scenes ({budget.steps} steps per method, {budget.seeds} seeds, 48 px, demo net at width 24; "
+             f"commit {commit})", ""]
     lines += noise_lines([root / "runs" / f"dense-seed{k}" for k in range(budget.seeds)])
     lines += ["", f"Tuning the freeze rule (seed 0, {len(tuning)} runs of {budget.steps} steps; the setting closest to "
               f"{TABLE_TARGET:.0%} is used, sInit {choice[0]:g} and weight decay {choice[1]:g}):", "",
@@ -393,19 +395,51 @@ def analyse(root: Path, budget: Budget, picture: Path, minutes: float | None) ->
     return lines
 
 
+def kept_budget(root: Path, budget: Budget, given: bool) -> Budget:
+    """The budget a kept folder was made with (budget.json): a resumed or re-analysed run keeps it;
+    asking for another one there is an error."""
+    import dataclasses
+
+    path = root / "budget.json"
+    if not path.exists():
+        root.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dataclasses.asdict(budget)) + "\n")
+        return budget
+    stored = json.loads(path.read_text())
+    kept = Budget(**{k: tuple(tuple(v) if isinstance(v, list) else v for v in value) if isinstance(value, list) else value
+                     for k, value in stored.items()})
+    if given and kept != budget:
+        raise SystemExit(f"quality.py: {root} was made with another budget ({path}); use another --keep folder")
+    return kept
+
+
+def _commit() -> str:
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent)
+    return result.stdout.strip() or "unknown"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, default=None, help="the benchmark's folder: reused to continue a stopped run")
-    parser.add_argument("--quick", action="store_true", help="the smoke test: 1 seed, 2 sparsities, 40 steps, small splits")
+    parser.add_argument("--quick", action="store_true", help="the smoke test: 1 seed, sparsity 0.9 only, 40 steps, small splits")
+    parser.add_argument("--steps", type=int, default=None, help=f"steps per method (default {FULL.steps}; S/2 and S/6 follow)")
+    parser.add_argument("--seeds", type=int, default=None, help=f"dense and table seeds (default {FULL.seeds}; the curve keeps {FULL.curve_seeds})")
     parser.add_argument("--workers", type=int, default=2, help="runs at a time (each gets cores / workers threads)")
     parser.add_argument("--analyse", type=Path, default=None, help="only analyse a folder of an earlier run")
     parser.add_argument("--plot", type=Path, default=None, help="where the curve goes (default: <keep>/curve.png)")
     parser.add_argument("--write", action="store_true", help="append the results to benchmarks/RESULTS.md")
     args = parser.parse_args()
     budget = QUICK if args.quick else FULL
+    if args.steps or args.seeds:
+        budget = replace(budget, steps=args.steps or budget.steps, seeds=args.seeds or budget.seeds,
+                         curve_seeds=min(budget.curve_seeds, args.seeds or budget.seeds))
     start, minutes = time.time(), None
     root = args.analyse or args.keep or Path(tempfile.mkdtemp(prefix="adapmtl-quality-"))
+    budget = kept_budget(root, budget, given=args.quick or bool(args.steps or args.seeds))
     if args.analyse is None:
+        root.mkdir(parents=True, exist_ok=True)
+        if not (root / "commit.txt").exists():  # the code the runs were made with (a resumed run keeps it)
+            (root / "commit.txt").write_text(_commit() + "\n")
         run_jobs(plan_everything(root, budget), args.workers, root / "logs")
         choice, tuned, _ = choose_freeze(root, budget)
         run_jobs(plan_freeze(root, budget, choice, tuned), args.workers, root / "logs")
