@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from itertools import permutations
 from pathlib import Path
 
@@ -67,8 +67,13 @@ class Budget:
     freeze_bisections: int = 0                   # then halve the sInit bracket around the target this often
 
     def overrides(self, steps: int) -> list[str]:
-        """SETTING, scaled to a run of ``steps``: the lr drops at 2/3, adaptive weighting starts at 1/4."""
-        return [*SETTING, *self.data, f"train.steps={steps}", f"train.val_every={steps}", f"optim.lr_step={max(1, 2 * steps // 3)}",
+        """SETTING for a run of ``steps``."""
+        return [*SETTING, *self.data, *self.scaled(steps)]
+
+    @staticmethod
+    def scaled(steps: int) -> list[str]:
+        """What depends on the run's length: the lr drops at 2/3, adaptive weighting starts at 1/4."""
+        return [f"train.steps={steps}", f"train.val_every={steps}", f"optim.lr_step={max(1, 2 * steps // 3)}",
                 f"weighting.begin={steps // 4}", f"weighting.window={max(1, steps // 12)}"]
 
 
@@ -84,7 +89,6 @@ class Job:
     args: list[str]            # the adapmtl command line
     done: Path                 # exists once the job has finished (written atomically by adapmtl)
     after: tuple[str, ...] = ()
-    log: list = field(default_factory=list)
 
 
 def target_name(target: float) -> str:
@@ -112,9 +116,7 @@ class Plan:
 
     def finetune(self, checkpoint: Path, out: Path, steps: int, after: str, *extra: str) -> str:
         # The checkpoint's config is the setting; only the step-dependent values change.
-        scaled = [o for o in self.budget.overrides(steps) if o.split("=")[0] in
-                  ("train.steps", "train.val_every", "optim.lr_step", "weighting.begin", "weighting.window")]
-        return self.add(out.name, ["finetune", checkpoint, "--out", out, "--quiet", "--force", *scaled, *extra],
+        return self.add(out.name, ["finetune", checkpoint, "--out", out, "--quiet", "--force", *Budget.scaled(steps), *extra],
                         out / "summary.json", (after,))
 
     def prune(self, checkpoint: Path, out: Path, ratio: float, after: str, *extra: str) -> str:
@@ -278,6 +280,8 @@ def finish_freeze(trained: Path, final: Path) -> None:
     """Copy a freeze run's summary; below the target, prune it to the target (no finetuning)."""
     import io
 
+    from adapmtl_cli.report import jsonout
+
     summary = dict(json.loads((trained / "summary.json").read_text()), trained=str(trained))
     staging = final.with_name(final.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -293,7 +297,7 @@ def finish_freeze(trained: Path, final: Path) -> None:
         summary = dict(summary, metrics=evaluated["metrics"], sparsity=evaluated["sparsity"],
                        notes=summary["notes"] + [f"stopped at {summary['sparsity']['overall']:.2%}; magnitude-pruned to {TABLE_TARGET:.0%} after training"])
     staging.mkdir(parents=True)
-    (staging / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (staging / "summary.json").write_text(jsonout.dumps(summary, indent=2) + "\n")  # strict JSON, as adapmtl writes
     shutil.rmtree(final, ignore_errors=True)
     os.replace(staging, final)
 
